@@ -1,0 +1,23 @@
+"""qfid: quantize LLMs and prove, on your own domain, that the quantized model still works.
+
+Heavy modules (torch, transformers) are imported lazily so `qfid --help` stays fast.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load", "quantize"]
+
+
+def load(path_or_name: str, **kwargs):
+    """Load any checkpoint qfid wrote (or an AutoAWQ / compressed-tensors one) as a CausalLM."""
+    from qfid.quant.formats import load_quantized_or_dense
+
+    return load_quantized_or_dense(path_or_name, **kwargs)
+
+
+def quantize(model: str, config, output_dir: str):
+    """Quantize `model` (path, hub id or default-model name) with a QuantConfig into `output_dir`."""
+    from qfid.quant.pipeline import quantize_model
+
+    return quantize_model(model, config, output_dir)

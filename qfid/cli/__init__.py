@@ -1,0 +1,1 @@
+"""The `qfid` command line: app.py wires one module per command."""

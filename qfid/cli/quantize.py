@@ -1,0 +1,48 @@
+"""`qfid quantize`: parse options -> QuantConfig -> quant.pipeline -> summary table."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from qfid.cli.options import MODEL_ARG, OUTPUT_OPT, OVERWRITE_OPT
+
+HELP = """Quantize a model to AWQ INT4, RTN INT4 or FP8 and save a checkpoint vLLM and transformers load.
+
+Examples:
+
+  qfid quantize smollm2-135m --scheme awq-int4 -o out/smollm2-awq
+
+  qfid quantize ./llama-dir --scheme awq-int4 --group-size 128 --calib my.jsonl -o out/x
+
+  qfid quantize ./llama-dir --scheme rtn-int4 --format compressed-tensors -o out/y
+
+  qfid quantize ./llama-dir --scheme fp8 --weights tensor --activations static -o out/z
+"""
+
+
+def quantize_command(
+    model: str = MODEL_ARG,
+    output: str = OUTPUT_OPT,
+    scheme: str = typer.Option("awq-int4", "--scheme", "-s", help="awq-int4 | rtn-int4 | fp8"),
+    group_size: Optional[int] = typer.Option(None, "--group-size", "-g", help="INT4 group size (default: 128 where it divides every width, else the largest power of two that does)."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="autoawq | compressed-tensors (default: autoawq for INT4, compressed-tensors for FP8)."),
+    weights: str = typer.Option("channel", "--weights", help="FP8 weight scales: channel | tensor."),
+    activations: str = typer.Option("dynamic", "--activations", help="FP8 activation scales: dynamic (per token) | static (per tensor, from calibration)."),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration data: a .txt/.jsonl file or a datasets name (default: qfid's built-in mixed corpus)."),
+    calib_samples: int = typer.Option(16, "--calib-samples", help="Number of calibration sequences."),
+    calib_seq_len: int = typer.Option(512, "--calib-seq-len", help="Tokens per calibration sequence."),
+    no_clip: bool = typer.Option(False, "--no-clip", help="AWQ: skip the clip search."),
+    seed: int = typer.Option(0, "--seed", help="Seed for calibration sampling."),
+    overwrite: bool = OVERWRITE_OPT,
+) -> None:
+    from qfid.config import QuantConfig
+    from qfid.quant.pipeline import quantize_model
+    from qfid.quant.report import print_summary
+
+    config = QuantConfig(
+        scheme=scheme, group_size=group_size, format=fmt, fp8_weights=weights, fp8_activations=activations,
+        calib=calib, calib_samples=calib_samples, calib_seq_len=calib_seq_len, awq_clip=not no_clip, seed=seed,
+    )
+    result = quantize_model(model, config, output, overwrite=overwrite)
+    print_summary(result)

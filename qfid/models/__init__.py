@@ -1,0 +1,1 @@
+"""Model loading, architecture knowledge (as data), the default model."""

@@ -1,0 +1,1 @@
+"""Quantization: pure-torch primitives, RTN / AWQ / FP8 schemes, packing, formats."""

@@ -1,0 +1,1 @@
+"""Builders for tiny random models used by tests and benchmarks (no downloads needed)."""

@@ -1,0 +1,48 @@
+"""Write-then-rename, so a crash never leaves a half-written checkpoint or run behind."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from qfid.errors import QfidError
+
+
+@contextlib.contextmanager
+def atomic_output_dir(target: Path | str, overwrite: bool = False):
+    """Yield a fresh temp dir beside `target`; on success rename it to `target`.
+
+    On any exception the temp dir is removed and `target` is untouched. An existing
+    `target` is an error unless `overwrite`, in which case it is replaced only after the
+    new one is complete.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise QfidError(f"output directory {target} already exists (pass --overwrite to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, target)
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write a text file via a temp file in the same directory and an atomic replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

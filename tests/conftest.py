@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny random models (built once per session) and the real default model."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    from qfid.testing.tiny import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mixtral_dir(tmp_path_factory):
+    from qfid.testing.tiny import make_tiny_mixtral
+
+    return make_tiny_mixtral(tmp_path_factory.mktemp("tiny-mixtral"))
+
+
+@pytest.fixture(scope="session")
+def default_model_dir():
+    """SmolLM2-135M-Instruct as a safetensors folder (installed/converted once, cached)."""
+    from qfid.models.default import ensure_default_model
+
+    return ensure_default_model()
