@@ -12,8 +12,7 @@ Example:  qfid demo -o out/demo
 
 def demo_command(
     output: str = typer.Option("out/demo", "--output", "-o", help="Where checkpoints and results go."),
-    full: bool = typer.Option(False, "--full", help="Run every eval item instead of the default limits."),
 ) -> None:
     from qfid.demo import run_demo
 
-    run_demo(output, full=full)
+    run_demo(output)

@@ -36,6 +36,7 @@ def quantize_command(
     seed: int = typer.Option(0, "--seed", help="Seed for calibration sampling."),
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:
+    from qfid.cli.progress import progress_callback
     from qfid.config import QuantConfig
     from qfid.quant.pipeline import quantize_model
     from qfid.quant.report import print_summary
@@ -44,5 +45,6 @@ def quantize_command(
         scheme=scheme, group_size=group_size, format=fmt, fp8_weights=weights, fp8_activations=activations,
         calib=calib, calib_samples=calib_samples, calib_seq_len=calib_seq_len, awq_clip=not no_clip, seed=seed,
     )
-    result = quantize_model(model, config, output, overwrite=overwrite)
+    with progress_callback() as progress:
+        result = quantize_model(model, config, output, overwrite=overwrite, progress=progress)
     print_summary(result)

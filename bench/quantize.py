@@ -1,0 +1,111 @@
+"""Quantization benchmark on the default model (or any model folder).
+
+For each scheme, in a fresh subprocess (so peak RSS is that scheme's alone): wall time,
+peak RSS, quantized-linear bytes vs fp16, checkpoint size, held-out perplexity and its
+delta vs the fp32 baseline; AWQ's share of RTN's perplexity gap. Prints a table and writes
+JSON (`--json PATH`).
+
+    python bench/quantize.py [--model smollm2-135m] [--schemes awq-int4,rtn-int4,fp8] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SCHEME_CONFIGS = {
+    "awq-int4": {"scheme": "awq-int4"},
+    "rtn-int4": {"scheme": "rtn-int4"},
+    "fp8": {"scheme": "fp8", "fp8_weights": "channel"},
+    "fp8-tensor": {"scheme": "fp8", "fp8_weights": "tensor"},
+}
+
+
+def worker(model: str, scheme: str, out_dir: str, samples: int, seq_len: int) -> dict:
+    """Runs in the subprocess: quantize, then held-out perplexity of the written checkpoint."""
+    from qfid.config import QuantConfig
+    from qfid.quant.heldout import heldout_perplexity
+    from qfid.quant.pipeline import quantize_model
+
+    config = QuantConfig(calib_samples=samples, calib_seq_len=seq_len, **SCHEME_CONFIGS[scheme])
+    t0 = time.perf_counter()
+    result = quantize_model(model, config, out_dir, overwrite=True)
+    wall = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "scheme": scheme, "wall_s": wall, "quantize_s": result.timings.get("quantize"), "peak_rss_mb": peak_mb,
+        "group_size": result.group_size, "linear_ratio_vs_fp16": result.linear_ratio,
+        "checkpoint_mb": result.checkpoint_bytes / 2**20, "heldout_ppl": heldout_perplexity(out_dir),
+    }
+
+
+def baseline(model: str) -> dict:
+    from qfid.models.loading import resolve_model_dir
+    from qfid.quant.heldout import heldout_perplexity
+    from qfid.quant.pipeline import dir_bytes
+
+    path = resolve_model_dir(model)
+    return {"scheme": "fp32", "checkpoint_mb": dir_bytes(path) / 2**20, "heldout_ppl": heldout_perplexity(path)}
+
+
+def run_scheme_subprocess(model: str, scheme: str, out_dir: str, samples: int, seq_len: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", scheme, "--model", model, "--out", out_dir,
+           "--samples", str(samples), "--seq-len", str(seq_len)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{scheme} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def render(records: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    base = records[0]["heldout_ppl"]
+    table = Table(title="bench/quantize.py")
+    for col in ("scheme", "wall s", "peak RSS MB", "linears vs fp16", "checkpoint MB", "held-out ppl", "delta vs fp32"):
+        table.add_column(col, justify="right")
+    for r in records:
+        table.add_row(r["scheme"], _fmt(r.get("wall_s")), _fmt(r.get("peak_rss_mb"), 0), _fmt(r.get("linear_ratio_vs_fp16"), 3),
+                      _fmt(r["checkpoint_mb"]), _fmt(r["heldout_ppl"], 3), _fmt(r["heldout_ppl"] - base, 3))
+    Console().print(table)
+
+
+def _fmt(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--schemes", default="awq-int4,rtn-int4,fp8")
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--json", dest="json_path")
+    ap.add_argument("--worker")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.model, args.worker, args.out, args.samples, args.seq_len)))
+        return
+    records = [baseline(args.model)]
+    with tempfile.TemporaryDirectory(prefix="qfid-bench-") as tmp:
+        for scheme in args.schemes.split(","):
+            records.append(run_scheme_subprocess(args.model, scheme, str(Path(tmp) / scheme), args.samples, args.seq_len))
+    by = {r["scheme"]: r["heldout_ppl"] - records[0]["heldout_ppl"] for r in records}
+    if "awq-int4" in by and by.get("rtn-int4"):
+        records.append({"scheme": "summary", "awq_over_rtn_gap": by["awq-int4"] / by["rtn-int4"]})
+    render([r for r in records if r["scheme"] != "summary"])
+    if "awq-int4" in by and by.get("rtn-int4"):
+        print(f"dAWQ/dRTN = {by['awq-int4'] / by['rtn-int4']:.3f} (target <= 0.38)")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(records, indent=2))
+
+
+if __name__ == "__main__":
+    main()
