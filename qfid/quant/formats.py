@@ -1,0 +1,322 @@
+"""Write quantized checkpoints that vLLM and transformers load, and load them (or any AutoAWQ
+/ compressed-tensors checkpoint of the same layouts) back into a transformers CausalLM.
+
+Saving lets transformers write the dense part first (`save_pretrained` into a scratch
+folder): it owns the in-memory -> checkpoint name mapping (transformers 5 fuses MoE experts
+in memory but writes `block_sparse_moe.experts.E.w1` on disk) and drops tied weights. The
+quantized layers' dense `.weight` tensors are then replaced by their packed tensors. All of
+it happens in a temp dir renamed into place, so a failure leaves nothing behind.
+
+Loading builds the model with transformers from the same folder with the
+`quantization_config` removed (so transformers does not reach for its own AWQ integration),
+then swaps each quantized nn.Linear for an Int4Linear / Fp8Linear (compressed-tensors INT4
+is repacked to the AWQ layout in memory). transformers 5 holds MoE experts as fused 3-D
+parameters with no Linear to swap, so quantized experts are dequantized into those
+parameters: numerically the checkpoint's weights, but dense in memory — the qfid engine,
+not transformers, is the fast path for quantized MoE.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qfid.config import QuantConfig
+from qfid.errors import QfidError
+from qfid.models.linears import WeightRef, block_weight
+from qfid.models.loading import read_config, resolve_model_dir
+from qfid.models.mappings import ARCHITECTURES
+from qfid.quant.checkpoint_reader import INDEX_FILE, StoredLinear, decode_checkpoint, weight_files
+from qfid.quant.hf_quant_config import awq_config, ct_fp8_config, ct_int4_config
+from qfid.quant.packing import pack_awq_gemm, pack_ct_int4
+from qfid.quant.primitives import Fp8Weight, Int4Weight
+from qfid.utils.fs import atomic_output_dir
+
+QUANT_META_FILE = "qfid_quant.json"
+ARTIFACT_FILE = "qfid_awq_artifact.safetensors"
+MAX_SHARD_SIZE = "2GB"
+_SCRATCH = ".dense"
+
+
+# -- saving ---------------------------------------------------------------------------------
+
+def save_checkpoint(out_dir: str | Path, model: nn.Module, tokenizer, quantized: dict[str, Int4Weight | Fp8Weight],
+                    config: QuantConfig, meta: dict, overwrite: bool = False) -> Path:
+    """Write `model` with the layers in `quantized` (checkpoint names, without `.weight`)
+    replaced by their packed form in `config.format`. `meta["artifact"]` (tensors, e.g. the
+    AWQ search's scales and clips) goes to qfid_awq_artifact.safetensors; the rest of
+    `meta` to qfid_quant.json."""
+    _check_kinds(quantized, config)
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        scratch = tmp / _SCRATCH
+        model.save_pretrained(scratch, safe_serialization=True)
+        tensors = _kept_dense_tensors(scratch, quantized)
+        not_converted = _unquantized_linears(model, tensors, quantized, config.ignore)
+        for name, weight in quantized.items():
+            tensors.update(_packed_tensors(name, weight, config.format))
+        _write_hf_config(scratch, tmp, _quantization_config(quantized, config, not_converted))
+        _move_side_files(scratch, tmp)
+        shutil.rmtree(scratch)
+        write_weights(tmp, tensors, MAX_SHARD_SIZE)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        _write_meta(tmp, config, meta)
+    return Path(out_dir)
+
+
+def _check_kinds(quantized: dict, config: QuantConfig) -> None:
+    if not quantized:
+        raise QfidError("nothing to save: no layer was quantized")
+    expected = Int4Weight if config.is_int4 else Fp8Weight
+    wrong = sorted(name for name, w in quantized.items() if not isinstance(w, expected))
+    if wrong:
+        raise QfidError(f"scheme {config.scheme} saves {expected.__name__} layers, but {wrong[0]} is "
+                        f"{type(quantized[wrong[0]]).__name__}")
+
+
+def _kept_dense_tensors(scratch: Path, quantized: dict) -> dict[str, torch.Tensor]:
+    """Every tensor transformers wrote except the quantized layers' dense weights, after
+    checking each quantized layer names a dense weight of the same shape."""
+    from safetensors import safe_open
+
+    replaced = {f"{name}.weight": name for name in quantized}
+    kept: dict[str, torch.Tensor] = {}
+    for path in weight_files(scratch):
+        with safe_open(path, "pt") as f:
+            for key in f.keys():
+                if key not in replaced:
+                    kept[key] = f.get_tensor(key)
+                    continue
+                name = replaced.pop(key)
+                shape = tuple(f.get_slice(key).get_shape())
+                if shape != tuple(quantized[name].shape):
+                    raise QfidError(f"quantized {name} has shape {tuple(quantized[name].shape)} but the model's "
+                                    f"weight is {shape}")
+    if replaced:
+        raise QfidError(f"quantized layer {next(iter(replaced.values()))} has no dense weight in the model's "
+                        f"checkpoint ({len(replaced)} such); names must be checkpoint names")
+    return kept
+
+
+def _packed_tensors(name: str, weight: Int4Weight | Fp8Weight, fmt: str) -> dict[str, torch.Tensor]:
+    if isinstance(weight, Fp8Weight):
+        packed = {"weight": weight.weight, "weight_scale": weight.scale.float()}
+        if weight.input_scale is not None:
+            packed["input_scale"] = weight.input_scale.float().reshape(1)
+    elif fmt == "autoawq":
+        packed = dict(zip(("qweight", "qzeros", "scales"), pack_awq_gemm(weight)))
+    else:
+        packed = pack_ct_int4(weight)
+    return {f"{name}.{leaf}": t.detach().cpu().contiguous() for leaf, t in packed.items()}
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def _unquantized_linears(model: nn.Module, dense: dict, quantized: dict, ignore: list[str]) -> list[str]:
+    """Linear layers left in full precision, by checkpoint name: what vLLM must not expect
+    packed tensors for. In-memory nn.Linear names cover dense models; routers that
+    transformers 5 no longer holds as nn.Linear come from the arch's keep-full-precision
+    patterns matched against the checkpoint names."""
+    spec = ARCHITECTURES.get((getattr(model.config, "architectures", None) or [""])[0])
+    patterns = list(ignore) + list(spec.keep_full_precision if spec else ())
+    linears = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    stored = {key[: -len(".weight")] for key in dense if key.endswith(".weight")}
+    return sorted((linears | {n for n in stored if _matches(n, patterns)}) - quantized.keys())
+
+
+def _quantization_config(quantized: dict, config: QuantConfig, not_converted: list[str]) -> dict:
+    weights = list(quantized.values())
+    if config.is_int4:
+        group_size = _one({w.group_size for w in weights}, "group sizes")
+        if config.format == "autoawq":
+            return awq_config(group_size, not_converted)
+        return ct_int4_config(group_size, not_converted)
+    per_channel = _one({w.per_channel for w in weights}, "FP8 weight granularities")
+    static = _one({w.input_scale is not None for w in weights}, "FP8 activation modes (static and dynamic)")
+    return ct_fp8_config(per_channel, static, not_converted)
+
+
+def _one(values: set, what: str):
+    if len(values) != 1:
+        raise QfidError(f"one checkpoint holds one scheme; the quantized layers mix {what}: {sorted(values)}")
+    return values.pop()
+
+
+def _write_hf_config(scratch: Path, out_dir: Path, quantization_config: dict) -> None:
+    hf_config = read_config(scratch)
+    hf_config["quantization_config"] = quantization_config
+    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+
+
+def _move_side_files(scratch: Path, out_dir: Path) -> None:
+    """generation_config.json and whatever else transformers wrote besides weights and config."""
+    weights = {p.name for p in weight_files(scratch)} | {INDEX_FILE, "config.json"}
+    for path in scratch.iterdir():
+        if path.name not in weights:
+            shutil.move(str(path), out_dir / path.name)
+
+
+def write_weights(out_dir: Path, tensors: dict[str, torch.Tensor], max_shard_size: str = MAX_SHARD_SIZE) -> None:
+    """model.safetensors, or shards of at most `max_shard_size` plus the index transformers
+    and vLLM read."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_size)
+    for filename, names in split.filename_to_tensors.items():
+        save_file({n: tensors[n] for n in names}, out_dir / filename, metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _write_meta(out_dir: Path, config: QuantConfig, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    meta = dict(meta)
+    artifact_tensors, artifact_rest = _split_artifact(meta.pop("artifact", None) or {})
+    record = {"scheme": config.scheme, "format": config.format, "quant_config": asdict(config), **meta}
+    record["versions"] = {**_versions(), **meta.get("versions", {})}
+    if artifact_tensors:
+        save_file(artifact_tensors, out_dir / ARTIFACT_FILE, metadata={"format": "pt"})
+        record["awq_artifact"] = {"file": ARTIFACT_FILE, "tensors": sorted(artifact_tensors)}
+    if artifact_rest:
+        record["artifact"] = artifact_rest
+    (out_dir / QUANT_META_FILE).write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+
+
+def _split_artifact(artifact: dict, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors (nested keys joined with '.') for safetensors; everything else for JSON."""
+    tensors: dict[str, torch.Tensor] = {}
+    rest: dict = {}
+    for key, value in artifact.items():
+        if isinstance(value, torch.Tensor):
+            tensors[prefix + key] = value.detach().cpu().contiguous()
+        elif isinstance(value, dict):
+            sub_tensors, sub_rest = _split_artifact(value, f"{prefix}{key}.")
+            tensors.update(sub_tensors)
+            if sub_rest:
+                rest[key] = sub_rest
+        else:
+            rest[key] = value
+    return tensors, rest
+
+
+def _json_default(value):
+    if isinstance(value, (Path, torch.dtype)):
+        return str(value)
+    raise TypeError(f"qfid_quant.json cannot hold a {type(value).__name__}")
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {}
+    for package in ("qfid", "torch", "transformers", "safetensors", "compressed-tensors"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    return versions
+
+
+# -- loading --------------------------------------------------------------------------------
+
+def load_quantized_or_dense(path_or_name: str | Path, dtype: torch.dtype = torch.float32):
+    """A transformers CausalLM in eval mode: plain for a dense checkpoint; with Int4Linear /
+    Fp8Linear layers for an AutoAWQ (GEMM) or compressed-tensors one."""
+    model_dir = resolve_model_dir(str(path_or_name))
+    qc = read_config(model_dir).get("quantization_config")
+    if qc is None:
+        model, _ = _transformers_model(model_dir, dtype, drop_quantization=False)
+        return model.eval()
+    if not isinstance(qc, dict):
+        raise QfidError(f"{model_dir}/config.json has a malformed quantization_config")
+    stored = decode_checkpoint(model_dir, qc)
+    model, missing = _transformers_model(model_dir, dtype, drop_quantization=True)
+    unfilled = sorted(missing - install_quantized(model, stored))
+    if unfilled:
+        more = f" (and {len(unfilled) - 1} more)" if len(unfilled) > 1 else ""
+        raise QfidError(f"checkpoint {model_dir} holds no value for {unfilled[0]}{more}")
+    return model.eval()
+
+
+def load_tokenizer(path_or_name: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_dir(str(path_or_name)))
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """The quantized layers' tensors are expected to be 'unexpected' and their dense
+    weights 'missing' here; transformers' load report would only alarm the user."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _transformers_model(model_dir: Path, dtype: torch.dtype, drop_quantization: bool):
+    """(model, names of the parameters the files did not fill)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf_config = AutoConfig.from_pretrained(model_dir)
+    if drop_quantization and hasattr(hf_config, "quantization_config"):
+        del hf_config.quantization_config
+    quiet = _quiet_transformers() if drop_quantization else contextlib.nullcontext()
+    with quiet:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            model_dir, config=hf_config, dtype=dtype, use_safetensors=True, output_loading_info=True)
+    return model, set(info["missing_keys"])
+
+
+def _weight_ref(model: nn.Module, name: str) -> WeightRef:
+    """The model's weight for a checkpoint name: a Linear, or an expert's slice of a fused
+    transformers-5 MoE parameter (found from the deepest module the name reaches)."""
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            owner = model.get_submodule(".".join(parts[:cut]))
+        except AttributeError:
+            continue
+        try:
+            return block_weight(owner, ".".join(parts[cut:]))
+        except QfidError:
+            break
+    raise QfidError(f"checkpoint has quantized tensors for {name} but the model has no such layer")
+
+
+def install_quantized(model: nn.Module, stored: dict[str, StoredLinear]) -> set[str]:
+    """Swap each quantized Linear for its quantized module; write dequantized experts into
+    fused MoE parameters. Returns the in-memory parameter names now holding checkpoint
+    values, so the caller can tell a fused parameter only partly covered (an expert missing
+    from the files) from a complete one."""
+    module_names = {id(m): n for n, m in model.named_modules()}
+    filled: set[str] = set()
+    expert_slices: dict[str, set] = {}
+    for name, layer in stored.items():
+        ref = _weight_ref(model, name)
+        if ref.shape != tuple(layer.weight.shape):
+            raise QfidError(f"{name}: checkpoint weight is {tuple(layer.weight.shape)} "
+                            f"but the model expects {ref.shape}")
+        if ref.expert is None:
+            model.set_submodule(name, layer.module(ref.module.bias))
+            filled.add(f"{name}.weight")
+        else:
+            ref.set(layer.dequantize(torch.float32))
+            expert_slices.setdefault(f"{module_names[id(ref.module)]}.{ref.param}", set()).add((ref.expert, ref.half))
+    for param_name, slices in expert_slices.items():
+        halves = 2 if any(half is not None for _, half in slices) else 1
+        if len(slices) == model.get_parameter(param_name).shape[0] * halves:
+            filled.add(param_name)
+    return filled

@@ -1,0 +1,98 @@
+"""Quantized drop-in replacements for nn.Linear, holding exactly what a checkpoint holds.
+
+`Int4Linear` keeps the AutoAWQ GEMM tensors (`qweight`, `qzeros`, `scales`) as buffers, so
+its state dict uses the checkpoint's names and a fast kernel can read the buffers as they
+are. `Fp8Linear` keeps the float8 weight and its scales. Both compute through a reference
+path on any device: dequantize, then `F.linear`. `_matmul(x)` is the single seam where
+`qfid.kernels.dispatch` later routes to CUDA / Triton / CPU kernels.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qfid.quant.packing import SCALE_DTYPE, pack_awq_gemm, unpack_awq_gemm
+from qfid.quant.primitives import Fp8Weight, Int4Weight, fp8_dequantize, fp8_fake_quantize_activation
+
+
+class _QuantizedLinear(nn.Module):
+    """What both layers share: checkpoint tensors as buffers (under their checkpoint
+    names), an optional float bias, and `forward` going through the subclass's `_matmul`."""
+
+    def __init__(self, in_features: int, out_features: int, buffers: dict[str, torch.Tensor | None],
+                 bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        for name, tensor in buffers.items():
+            self.register_buffer(name, tensor)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._matmul(x)
+
+
+class Int4Linear(_QuantizedLinear):
+    """Group-wise asymmetric INT4 weights in AutoAWQ GEMM layout."""
+
+    def __init__(self, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                 group_size: int, bias: torch.Tensor | None = None):
+        buffers = {"qweight": qweight, "qzeros": qzeros, "scales": scales}
+        super().__init__(qweight.shape[0], scales.shape[1], buffers, bias)
+        self.group_size = group_size
+
+    @classmethod
+    def from_int4(cls, q: Int4Weight, bias: torch.Tensor | None = None,
+                  scale_dtype: torch.dtype = SCALE_DTYPE) -> "Int4Linear":
+        """`scale_dtype` is fp16 for AutoAWQ; a compressed-tensors checkpoint repacked in
+        memory keeps its own scale dtype so it decodes to the same weights."""
+        return cls(*pack_awq_gemm(q, scale_dtype), group_size=q.group_size, bias=bias)
+
+    def int4_weight(self) -> Int4Weight:
+        return unpack_awq_gemm(self.qweight, self.qzeros, self.scales, self.group_size)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Dense `[out, in]` weight, computed in fp32 (exact for fp16/fp32 scales) then cast."""
+        return self.int4_weight().dequantize(dtype)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantize(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"group_size={self.group_size}, bias={self.bias is not None}")
+
+
+class Fp8Linear(_QuantizedLinear):
+    """FP8 E4M3 weights with a per-channel `[out, 1]` or per-tensor `[1]` scale. Activations
+    are rounded through E4M3 as the serving kernel would: with the static `input_scale`
+    when one was calibrated, else per token at run time; `quantize_activations=False`
+    gives weight-only FP8 (W8A16 checkpoints from other tools)."""
+
+    def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, input_scale: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None, quantize_activations: bool = True):
+        buffers = {"weight": weight, "weight_scale": weight_scale, "input_scale": input_scale}
+        super().__init__(weight.shape[1], weight.shape[0], buffers, bias)
+        self.quantize_activations = quantize_activations
+
+    @classmethod
+    def from_fp8(cls, f: Fp8Weight, bias: torch.Tensor | None = None, quantize_activations: bool = True) -> "Fp8Linear":
+        return cls(f.weight, f.scale, f.input_scale, bias, quantize_activations)
+
+    def fp8_weight(self) -> Fp8Weight:
+        return Fp8Weight(self.weight, self.weight_scale, self.input_scale)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return fp8_dequantize(self.fp8_weight(), dtype)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantize_activations:
+            x = fp8_fake_quantize_activation(x, self.input_scale)
+        return F.linear(x, self.dequantize(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        scale = "channel" if self.weight_scale.numel() > 1 else "tensor"
+        acts = "static" if self.input_scale is not None else "dynamic" if self.quantize_activations else "none"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"weight_scale={scale}, activations={acts}, bias={self.bias is not None}")
