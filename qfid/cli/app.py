@@ -10,7 +10,9 @@ import sys
 
 import typer
 
-from qfid.cli import demo, models, quantize
+from qfid.cli import demo, models, quantize, suites
+from qfid.cli import eval as eval_cli
+from qfid.cli import compare, gate, report
 from qfid.errors import QfidError
 
 app = typer.Typer(
@@ -23,6 +25,11 @@ app = typer.Typer(
 app.command("quantize", help=quantize.HELP)(quantize.quantize_command)
 app.command("models", help=models.HELP)(models.models_command)
 app.command("demo", help=demo.HELP)(demo.demo_command)
+app.add_typer(suites.app, name="suites", help=suites.HELP)
+app.command("eval", help=eval_cli.HELP)(eval_cli.eval_command)
+app.command("compare", help=compare.HELP)(compare.compare_command)
+app.command("gate", help=gate.HELP)(gate.gate_command)
+app.command("report", help=report.HELP)(report.report_command)
 
 
 def main() -> None:
@@ -38,7 +45,8 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the boundary: one line unless debugging
         import click
 
-        if isinstance(exc, click.ClickException):
+        vendored = getattr(getattr(typer, "_click", click), "ClickException")  # newer typer bundles its own click
+        if isinstance(exc, (click.ClickException, vendored)):
             exc.show()
             sys.exit(exc.exit_code)
         if os.environ.get("QFID_DEBUG"):

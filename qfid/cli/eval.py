@@ -1,0 +1,86 @@
+"""`qfid eval`: run suites on a model (HF transformers or an OpenAI-compatible server) and
+store the run under reports/runs/NAME for `qfid compare`."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from qfid.cli.options import MODEL_ARG
+
+HELP = """Evaluate a model on eval suites and store the run (manifest.json + per-item records) for compare/gate.
+
+An interrupted run resumes: run the same command again and finished items are skipped.
+
+Examples:
+
+  qfid eval smollm2-135m --suite finance-mc,legal,general --name fp32
+
+  qfid eval out/smollm2-awq --suite finance,legal,multilingual,general --name int4 --limit 200
+
+  qfid eval ./model --suite path/to/my_suite.yaml --name mine
+
+  qfid eval my-model --backend openai --base-url http://localhost:8000/v1 --suite legal --name served
+"""
+
+
+def eval_command(
+    model: str = MODEL_ARG,
+    suite: str = typer.Option(..., "--suite", "-s", help="Comma-separated suite names or suite.yaml paths."),
+    name: str = typer.Option(..., "--name", "-n", help="Run name: results go to RUNS_DIR/NAME."),
+    backend: str = typer.Option("hf", "--backend", "-b", help="hf | openai"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="openai backend: the server's /v1 URL."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="About N items per suite: a seeded sample of whole groups (parallel languages stay together), so at least N."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the --limit sample."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass (hf) or per request (openai)."),
+    top_k: int = typer.Option(10, "--top-k", help="Top-k next-token log-probs stored per answer token (for KL in compare); 0 to skip."),
+    chat: bool = typer.Option(False, "--chat", help="Use the suite's chat prompt under the model's chat template."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Override the suites' generation length."),
+    runs_dir: str = typer.Option("reports/runs", "--runs-dir", help="Where runs are stored."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of this name instead of resuming it."),
+) -> None:
+    from pathlib import Path
+
+    from qfid.evals.backends import make_backend
+    from qfid.evals.runner import RunOptions, build_manifest, now, run_suites
+    from qfid.evals.store import RunStore
+    from qfid.evals.suite import load_suites
+
+    suites = load_suites(suite)  # first: a typo fails before a model is loaded
+    options = RunOptions(model=model, limit=limit, seed=seed, top_k=top_k, chat=chat, max_tokens=max_tokens,
+                         batch_items=max(1, batch_size * 2))
+    backend_options = {"batch_size": batch_size} | ({"base_url": base_url} if base_url else {})
+    runner_backend = make_backend(backend, model, **backend_options)
+    store = RunStore(Path(runs_dir), name)
+    store.open(build_manifest(name, runner_backend, suites, options), overwrite=overwrite)
+    with _progress() as progress:
+        results = run_suites(runner_backend, suites, store, options, progress)
+    store.finish(results, now())
+    _print_results(name, store.path, results)
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class ItemsPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:.2f} items/s" if task.speed else "-- items/s", style="cyan")
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), ItemsPerSecond(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), speed_estimate_period=3600)  # batches can take minutes on CPU
+
+
+def _print_results(name: str, path, results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"run {name}  ({path})")
+    for column in ("suite", "items", "accuracy", "perplexity", "items/s"):
+        table.add_column(column, justify="left" if column == "suite" else "right")
+    for suite, entry in results.items():
+        accuracy = f"{100 * entry['accuracy']:.1f}%" if "accuracy" in entry else "-"
+        perplexity = f"{entry['perplexity']:.2f}" if "perplexity" in entry else "-"
+        speed = f"{entry['items_per_s']:.2f}" if entry.get("items_per_s") else "-"
+        table.add_row(suite, str(entry["items"]), accuracy, perplexity, speed)
+    Console().print(table)

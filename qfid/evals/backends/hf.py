@@ -1,0 +1,159 @@
+"""HF transformers backend: batched, greedy, exact log-likelihoods on any causal LM that
+transformers loads. The reference the qfid engine backend is checked against.
+
+Scoring batches are right-padded (positions stay 0..n-1, so padding changes nothing);
+generation batches are left-padded so every row's next token sits in the last column.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from qfid.evals.backends.base import Loglikelihood, Rolling, TopK, cut_at_stop
+
+
+class HFBackend:
+    name = "hf"
+
+    def __init__(self, model, tokenizer, batch_size: int = 8, model_dir: Path | None = None):
+        import torch
+
+        self.model, self.tokenizer, self.batch_size, self.model_dir = model, tokenizer, batch_size, model_dir
+        self.device = next(model.parameters()).device
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.max_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        self._torch = torch
+
+    @classmethod
+    def from_model(cls, model: str, batch_size: int = 8, dtype: str = "float32", device: str | None = None) -> "HFBackend":
+        import torch
+
+        from qfid.models.loading import load_dense_model, resolve_model_dir
+
+        model_dir = resolve_model_dir(model)
+        loaded, tokenizer = load_dense_model(model_dir, dtype=getattr(torch, dtype))
+        loaded.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return cls(loaded, tokenizer, batch_size=batch_size, model_dir=model_dir)
+
+    def describe(self) -> dict:
+        config = self.model.config
+        quant = getattr(config, "quantization_config", None)
+        return {"backend": self.name, "model_dir": str(self.model_dir or ""), "architecture": (config.architectures or [None])[0],
+                "dtype": str(self.model.dtype).removeprefix("torch."), "device": str(self.device), "batch_size": self.batch_size,
+                "quantization": (quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None))}
+
+    def format_chat(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    # --- scoring -------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def _prefix_id(self) -> int:
+        tok = self.tokenizer
+        return tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's split: trailing spaces move to the continuation, whole string encoded once."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        if not context:
+            return [self._prefix_id()], self.encode(continuation)
+        whole, context_ids = self.encode(context + continuation), self.encode(context)
+        return context_ids, whole[len(context_ids):]
+
+    def loglikelihood(self, requests: list[tuple[str, str]], top_k: int = 0) -> list[Loglikelihood]:
+        return self.score_token_pairs([self._encode_pair(c, x) for c, x in requests], top_k)
+
+    def loglikelihood_rolling(self, texts: list[str]) -> list[Rolling]:
+        """Disjoint windows of max_length tokens, each predicted from the token before it."""
+        pairs, owners = [], []
+        for index, text in enumerate(texts):
+            tokens = self.encode(text)
+            inputs = [self._prefix_id(), *tokens]
+            for start in range(0, len(tokens), self.max_length):
+                pairs.append(([inputs[start]], tokens[start:start + self.max_length]))
+                owners.append(index)
+        totals = [[0.0, 0] for _ in texts]
+        for owner, result in zip(owners, self.score_token_pairs(pairs, 0)):
+            totals[owner][0] += result.logprob
+            totals[owner][1] += result.n_tokens
+        return [Rolling(logprob=lp, n_tokens=n) for lp, n in totals]
+
+    def score_token_pairs(self, pairs: list[tuple[list[int], list[int]]], top_k: int) -> list[Loglikelihood]:
+        """Log-likelihood of each continuation given its context, longest first in batches."""
+        results: list[Loglikelihood | None] = [None] * len(pairs)
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            for index, result in zip(batch, self._score_batch([pairs[i] for i in batch], top_k)):
+                results[index] = result
+        return results
+
+    def _score_batch(self, pairs, top_k: int) -> list[Loglikelihood]:
+        torch = self._torch
+        rows = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in pairs]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        return [self._continuation_score(logits[i], len(rows[i]), pairs[i][1], top_k) for i in range(len(rows))]
+
+    def _continuation_score(self, logits, length: int, continuation: list[int], top_k: int) -> Loglikelihood:
+        torch = self._torch
+        positions = logits[length - len(continuation):length].float().log_softmax(dim=-1)
+        target = torch.tensor(continuation, device=positions.device)
+        token_logprobs = positions.gather(1, target[:, None]).squeeze(1)
+        greedy = bool((positions.argmax(dim=-1) == target).all())
+        topk = None
+        if top_k > 0:
+            values, indices = positions.topk(min(top_k, positions.shape[-1]), dim=-1)
+            topk = TopK(ids=indices.tolist(), logprobs=values.tolist())
+        return Loglikelihood(logprob=float(token_logprobs.sum()), is_greedy=greedy, n_tokens=len(continuation), topk=topk)
+
+    # --- generation ----------------------------------------------------------------
+    def generate(self, prompts: list[str], max_tokens: int, stop: list[str]) -> list[str]:
+        results: list[str | None] = [None] * len(prompts)
+        encoded = [self.encode(p)[-(self.max_length - max_tokens):] for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            for index, text in zip(batch, self._generate_batch([encoded[i] for i in batch], max_tokens, stop)):
+                results[index] = text
+        return results
+
+    def _generate_batch(self, rows: list[list[int]], max_tokens: int, stop: list[str]) -> list[str]:
+        torch = self._torch
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(row)
+            mask[i, width - len(row):] = 1
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_tokens,
+                do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id,
+                stopping_criteria=_stop_criteria(self.tokenizer, width, stop),
+            )
+        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        return [cut_at_stop(text, stop) for text in texts]
+
+
+def _stop_criteria(tokenizer, prompt_width: int, stop: list[str]):
+    """Stop a row once its new text holds a stop string, the batch once every row has."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopStrings(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            import torch
+
+            texts = tokenizer.batch_decode(input_ids[:, prompt_width:], skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stop) for t in texts], device=input_ids.device)
+
+    return StoppingCriteriaList([StopStrings()] if stop else [])

@@ -1,0 +1,77 @@
+"""Evaluate one batch of a suite's items on a backend and turn the results into records.
+
+Three shapes of work, chosen by the scorer: multiple choice by log-likelihood (one request
+per choice), generation (greedy text, then the gold answer's log-likelihood for KL), and
+perplexity (rolling log-likelihood of the text). Every record carries the gold answer's
+log-prob and its top-k next-token log-probs, taken on the *gold* tokens so that any two
+runs of the same suite and tokenizer line up position by position.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from qfid.evals.backends.base import Backend, Loglikelihood
+from qfid.evals.items import Item
+from qfid.evals.render import TARGET_DELIMITER, choice_continuations, gold_target, render_chat, render_plain
+from qfid.evals.scoring import score_choice, score_generation
+from qfid.evals.suite import Suite
+
+ChatFormatter = Callable[[list[dict]], str]
+
+
+def prompt_for(suite: Suite, item: Item, chat: ChatFormatter | None) -> str:
+    return chat(render_chat(suite, item)) if chat else render_plain(suite, item)
+
+
+def evaluate_batch(backend: Backend, suite: Suite, items: list[Item], top_k: int = 10,
+                   chat: ChatFormatter | None = None, max_tokens: int | None = None) -> list[dict]:
+    if suite.scorer.type == "perplexity":
+        return _perplexity(backend, suite, items)
+    prompts = [prompt_for(suite, item, chat) for item in items]
+    if suite.scorer.uses_loglikelihood:
+        return _multiple_choice(backend, suite, items, prompts, top_k)
+    return _generative(backend, suite, items, prompts, top_k, max_tokens or suite.generation.max_tokens)
+
+
+def _base(suite: Suite, item: Item, prompt: str) -> dict:
+    return {"suite": suite.name, "id": item.id, "base_id": item.base_id, "category": item.category, "lang": item.lang,
+            "difficulty": item.difficulty, "scorer": suite.scorer.type, "prompt": prompt, "gold": gold_target(suite, item)}
+
+
+def _answer_fields(result: Loglikelihood) -> dict:
+    return {"answer_logprob": result.logprob, "answer_tokens": result.n_tokens, "answer_greedy": result.is_greedy,
+            "topk_ids": result.topk.ids if result.topk else None, "topk_logprobs": result.topk.logprobs if result.topk else None}
+
+
+def _multiple_choice(backend, suite, items, prompts, top_k) -> list[dict]:
+    requests, spans = [], []
+    for item, prompt in zip(items, prompts):
+        continuations = choice_continuations(suite, item)
+        spans.append((len(requests), len(continuations)))
+        requests += [(prompt, continuation) for continuation in continuations]
+    results = backend.loglikelihood(requests, top_k)
+    records = []
+    for item, prompt, (start, count) in zip(items, prompts, spans):
+        scored = results[start:start + count]
+        index, judged = score_choice(item, [r.logprob for r in scored])
+        records.append({**_base(suite, item, prompt), "prediction": item.choices[index], "extracted": judged.extracted,
+                        "correct": judged.correct, "pred_index": index, "choice_logprobs": [r.logprob for r in scored],
+                        **_answer_fields(scored[item.label])})
+    return records
+
+
+def _generative(backend, suite, items, prompts, top_k, max_tokens) -> list[dict]:
+    predictions = backend.generate(prompts, max_tokens, list(suite.generation.stop))
+    golds = backend.loglikelihood([(p, TARGET_DELIMITER + gold_target(suite, i)) for p, i in zip(prompts, items)], top_k)
+    records = []
+    for item, prompt, prediction, gold in zip(items, prompts, predictions, golds):
+        judged = score_generation(suite.scorer, item, prediction)
+        records.append({**_base(suite, item, prompt), "prediction": prediction, "extracted": judged.extracted,
+                        "correct": judged.correct, **_answer_fields(gold)})
+    return records
+
+
+def _perplexity(backend, suite, items) -> list[dict]:
+    texts = [item.fields["text"] for item in items]
+    return [{**_base(suite, item, ""), "prediction": None, "correct": None, "answer_logprob": result.logprob,
+             "answer_tokens": result.n_tokens} for item, result in zip(items, backend.loglikelihood_rolling(texts))]

@@ -1,0 +1,135 @@
+"""One eval item and the JSONL reader that validates it line by line.
+
+Items are the unit that `compare` pairs across runs, so the schema is strict: a stable
+`id`, a `category` and `lang` to break results down by, the prompt `fields`, the gold
+`answer`, and for multiple choice the `choices` with the gold index `label`.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from qfid.errors import QfidError
+from qfid.evals.validation import SchemaError, reject_unknown_keys, require_type
+
+ITEM_KEYS = ("id", "category", "lang", "fields", "answer", "choices", "label", "difficulty")
+_LANG = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """`fields` fill the prompt template; extra fields may hold the inputs the answer was
+    computed from (the finance check recomputes answers from them)."""
+
+    id: str
+    category: str
+    lang: str
+    fields: dict
+    answer: str | int | float | None
+    choices: tuple[str, ...] | None = None
+    label: int | None = None
+    difficulty: int | None = None
+
+    def __post_init__(self) -> None:
+        require_type("id", self.id, str, "a string")
+        if not _ID.match(self.id):
+            raise SchemaError("id", f"must be letters, digits and _.:- ; got {self.id!r}")
+        require_type("category", self.category, str, "a string")
+        if not self.category.strip():
+            raise SchemaError("category", "must not be empty")
+        require_type("lang", self.lang, str, "a string")
+        if not _LANG.match(self.lang):
+            raise SchemaError("lang", f"must be a language code such as en, zh, pt-BR; got {self.lang!r}")
+        require_type("fields", self.fields, dict, "a mapping of prompt fields")
+        if self.answer is not None:
+            require_type("answer", self.answer, (str, int, float), "a string or a number")
+        self._check_choices()
+        if self.difficulty is not None:
+            require_type("difficulty", self.difficulty, int, "an integer")
+            if not 1 <= self.difficulty <= 5:
+                raise SchemaError("difficulty", f"must be between 1 and 5; got {self.difficulty}")
+
+    def _check_choices(self) -> None:
+        if self.choices is None:
+            if self.label is not None:
+                raise SchemaError("label", "is given but the item has no choices")
+            return
+        if len(self.choices) < 2 or not all(isinstance(c, str) and c for c in self.choices):
+            raise SchemaError("choices", "must be a list of at least 2 non-empty strings")
+        if len(set(self.choices)) != len(self.choices):
+            raise SchemaError("choices", "must be distinct")
+        if self.label is None:
+            raise SchemaError("label", "is required with choices (0-based index of the correct choice)")
+        require_type("label", self.label, int, "an integer")
+        if not 0 <= self.label < len(self.choices):
+            raise SchemaError("label", f"must index the {len(self.choices)} choices; got {self.label}")
+
+    @property
+    def base_id(self) -> str:
+        """Parallel items across languages share it: `mlg-0042-zh` -> `mlg-0042`."""
+        suffix = f"-{self.lang}"
+        return self.id[: -len(suffix)] if self.id.endswith(suffix) else self.id
+
+    @property
+    def gold_choice(self) -> str | None:
+        return None if self.choices is None else self.choices[self.label]
+
+
+def item_from_dict(data: dict) -> Item:
+    if not isinstance(data, dict):
+        raise SchemaError("item", f"must be a JSON object; got {type(data).__name__}")
+    reject_unknown_keys(data, ITEM_KEYS)
+    for key in ("id", "category", "lang", "fields"):
+        if key not in data:
+            raise SchemaError(key, "is required")
+    choices = data.get("choices")
+    return Item(
+        id=data["id"], category=data["category"], lang=data["lang"], fields=data["fields"],
+        answer=data.get("answer"), choices=tuple(choices) if isinstance(choices, list) else choices,
+        label=data.get("label"), difficulty=data.get("difficulty"),
+    )
+
+
+def item_to_dict(item: Item) -> dict:
+    """The JSONL form, optional keys left out when empty so committed files stay small."""
+    data = {"id": item.id, "category": item.category, "lang": item.lang, "fields": item.fields, "answer": item.answer}
+    if item.choices is not None:
+        data["choices"] = list(item.choices)
+        data["label"] = item.label
+    if item.difficulty is not None:
+        data["difficulty"] = item.difficulty
+    return data
+
+
+def read_items(path: Path) -> list[Item]:
+    """Every item of a JSONL file; the first bad line fails with `file:line: field: why`."""
+    if not path.is_file():
+        raise QfidError(f"items file not found: {path}")
+    items: list[Item] = []
+    first_line_of: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            item = _parse_line(path, line_no, line)
+            if item.id in first_line_of:
+                raise QfidError(f"{path}:{line_no}: id: duplicate id {item.id!r} (first on line {first_line_of[item.id]})")
+            first_line_of[item.id] = line_no
+            items.append(item)
+    if not items:
+        raise QfidError(f"{path}: no items")
+    return items
+
+
+def _parse_line(path: Path, line_no: int, line: str) -> Item:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise QfidError(f"{path}:{line_no}: not valid JSON: {exc.msg} at column {exc.colno}") from None
+    try:
+        return item_from_dict(data)
+    except SchemaError as exc:
+        raise QfidError(f"{path}:{line_no}: {exc}") from None

@@ -1,0 +1,339 @@
+"""A suite: one YAML file validated against one small schema, plus its items.
+
+    name: finance                      # what --suite and run records call it
+    version: 1
+    description: one paragraph
+    prompt: {plain: "Q: {question}\nA:", chat: "{question}", system: optional}
+    fewshot: [{fields: {question: ...}, target: "42"}]
+    scorer: {type: numeric, rel_tol: 0.005}   # numeric | exact | regex | choice | perplexity
+    generation: {max_tokens: 64, stop: ["\n\n"]}
+    items: items.jsonl                 # relative to this file; or `text: file.txt` (perplexity)
+
+Suites are resolved by name (a folder under the bundled `evalsuites/`) or by path (a user's
+YAML). Only the suites asked for are read; nothing is indexed at import.
+"""
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from qfid.errors import QfidError
+from qfid.evals.items import Item, read_items
+from qfid.evals.validation import (
+    SchemaError, did_you_mean, line_of, reject_unknown_keys, require_type, yaml_key_lines,
+)
+from qfid.paths import bundled_dir
+
+SUITE_KEYS = ("name", "version", "description", "prompt", "fewshot", "scorer", "generation", "items", "text", "lang")
+SCORER_OPTIONS = {
+    "numeric": ("rel_tol", "abs_tol", "markers"),
+    "exact": ("markers",),
+    "regex": ("pattern",),
+    "choice": ("target", "method"),
+    "perplexity": (),
+}
+COMPUTED_FIELDS = ("choices_block",)
+
+
+@dataclass(frozen=True, slots=True)
+class ScorerSpec:
+    """How a prediction is judged. `choice` compares the log-likelihood of each choice
+    (`method: loglikelihood`) or reads a letter from generated text (`method: generate`)."""
+
+    type: str
+    rel_tol: float = 0.0
+    abs_tol: float = 0.0
+    markers: tuple[str, ...] = ()
+    pattern: str | None = None
+    target: str = "text"
+    method: str = "loglikelihood"
+
+    def __post_init__(self) -> None:
+        if self.type not in SCORER_OPTIONS:
+            raise SchemaError("scorer.type", f"unknown scorer {self.type!r}; one of {', '.join(SCORER_OPTIONS)}{did_you_mean(self.type, SCORER_OPTIONS)}")
+        for name, upper in (("rel_tol", 1.0), ("abs_tol", float("inf"))):
+            value = getattr(self, name)
+            require_type(f"scorer.{name}", value, (int, float), "a number")
+            if not 0 <= value < upper:
+                raise SchemaError(f"scorer.{name}", f"must be >= 0 and < {upper}; got {value}")
+        if self.type == "regex":
+            self._check_pattern()
+        if self.target not in ("text", "letter"):
+            raise SchemaError("scorer.target", f"must be text or letter; got {self.target!r}")
+        if self.method not in ("loglikelihood", "generate"):
+            raise SchemaError("scorer.method", f"must be loglikelihood or generate; got {self.method!r}")
+        if self.method == "generate" and self.target != "letter":
+            raise SchemaError("scorer.method", "generate reads a choice letter from the output; set target: letter")
+
+    def _check_pattern(self) -> None:
+        import re
+
+        if not self.pattern:
+            raise SchemaError("scorer.pattern", "is required for the regex scorer")
+        try:
+            compiled = re.compile(self.pattern)
+        except re.error as exc:
+            raise SchemaError("scorer.pattern", f"is not a valid regular expression: {exc}") from None
+        if compiled.groups < 1:
+            raise SchemaError("scorer.pattern", "needs one capture group: the extracted answer")
+
+    @property
+    def uses_loglikelihood(self) -> bool:
+        return self.type == "perplexity" or (self.type == "choice" and self.method == "loglikelihood")
+
+
+@dataclass(frozen=True, slots=True)
+class PromptSpec:
+    """`plain` is what a base model sees; `chat` the user turn under a chat template."""
+
+    plain: str
+    chat: str | None = None
+    system: str | None = None
+
+    def __post_init__(self) -> None:
+        require_type("prompt.plain", self.plain, str, "a template string")
+        for name in ("chat", "system"):
+            if getattr(self, name) is not None:
+                require_type(f"prompt.{name}", getattr(self, name), str, "a template string")
+        for name in ("plain", "chat"):
+            template_fields(getattr(self, name) or "", f"prompt.{name}")
+
+    @property
+    def chat_template(self) -> str:
+        return self.chat or self.plain
+
+
+@dataclass(frozen=True, slots=True)
+class FewShot:
+    fields: dict
+    target: str
+
+    def __post_init__(self) -> None:
+        require_type("fewshot.fields", self.fields, dict, "a mapping of prompt fields")
+        require_type("fewshot.target", self.target, str, "a string (the text after the prompt)")
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationSpec:
+    max_tokens: int = 64
+    stop: tuple[str, ...] = ("\n\n",)
+
+    def __post_init__(self) -> None:
+        require_type("generation.max_tokens", self.max_tokens, int, "an integer")
+        if not 1 <= self.max_tokens <= 4096:
+            raise SchemaError("generation.max_tokens", f"must be between 1 and 4096; got {self.max_tokens}")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise SchemaError("generation.stop", "must be a list of non-empty strings")
+
+
+@dataclass(frozen=True, slots=True)
+class Suite:
+    name: str
+    version: str
+    description: str
+    prompt: PromptSpec
+    scorer: ScorerSpec
+    generation: GenerationSpec
+    source: Path
+    items: tuple[Item, ...] = ()
+    fewshot: tuple[FewShot, ...] = field(default_factory=tuple)
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted({item.category for item in self.items})
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted({item.lang for item in self.items})
+
+
+def template_fields(template: str, where: str) -> set[str]:
+    """The `{name}` placeholders of a template; positional or indexed ones are errors."""
+    names: set[str] = set()
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise SchemaError(where, f"bad template ({exc}); write literal braces as {{{{ and }}}}") from None
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier():
+            raise SchemaError(where, f"placeholder {{{name}}} must be a plain field name")
+        names.add(name)
+    return names
+
+
+def builtin_suite_names() -> list[str]:
+    """Folders of the bundled evalsuites/ that hold a suite.yaml (a directory listing, no parsing)."""
+    root = bundled_dir("evalsuites")
+    return sorted(p.parent.name for p in root.glob("*/suite.yaml"))
+
+
+def resolve_suite_path(spec: str) -> Path:
+    """A built-in name, a suite folder, or a path to a user's YAML -> the YAML file."""
+    path = Path(spec).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise QfidError(f"suite file not found: {path}")
+        return path
+    if path.is_dir() and (path / "suite.yaml").is_file():
+        return path / "suite.yaml"
+    builtin = bundled_dir("evalsuites") / spec / "suite.yaml"
+    if "/" not in spec and builtin.is_file():
+        return builtin
+    names = builtin_suite_names()
+    raise QfidError(f"unknown suite {spec!r}{did_you_mean(spec, names)}; built-in suites: {', '.join(names)} (or give a path to a suite.yaml)")
+
+
+def load_suites(specs: str | list[str]) -> list[Suite]:
+    """`"finance,legal"` or a list -> suites, in order, each loaded once."""
+    names = [s.strip() for s in specs.split(",")] if isinstance(specs, str) else list(specs)
+    names = [n for n in dict.fromkeys(names) if n]
+    if not names:
+        raise QfidError("no suite given (e.g. --suite finance,legal)")
+    return [load_suite(name) for name in names]
+
+
+def load_suite(spec: str | Path) -> Suite:
+    path = resolve_suite_path(str(spec))
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise QfidError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    try:
+        return _suite_from_dict(data, path)
+    except SchemaError as exc:
+        line = line_of(exc.field, yaml_key_lines(text))
+        raise QfidError(f"{path}{f':{line}' if line else ''}: {exc}") from None
+
+
+def _suite_from_dict(data, path: Path) -> Suite:
+    if not isinstance(data, dict):
+        raise SchemaError("suite", "the file must be a YAML mapping (name:, prompt:, scorer:, items: ...)")
+    reject_unknown_keys(data, SUITE_KEYS)
+    for key in ("name", "scorer"):
+        if key not in data:
+            raise SchemaError(key, "is required")
+    require_type("name", data["name"], str, "a string")
+    scorer = _scorer(data["scorer"])
+    prompt = _prompt(data.get("prompt"), scorer)
+    items = tuple(_items(data, path, scorer))
+    suite = Suite(
+        name=data["name"], version=str(data.get("version", "1")), description=str(data.get("description", "")).strip(),
+        prompt=prompt, scorer=scorer, generation=_generation(data.get("generation") or {}), source=path,
+        items=items, fewshot=_fewshot(data.get("fewshot") or []),
+    )
+    check_suite_consistency(suite)
+    return suite
+
+
+def _scorer(raw) -> ScorerSpec:
+    if isinstance(raw, str):
+        raw = {"type": raw}
+    require_type("scorer", raw, dict, "a mapping with a type")
+    if "type" not in raw:
+        raise SchemaError("scorer.type", "is required")
+    require_type("scorer.type", raw["type"], str, "a scorer name")
+    ScorerSpec(type=raw["type"])  # a bad type first: its options cannot be judged without it
+    reject_unknown_keys(raw, ("type", *SCORER_OPTIONS[raw["type"]]), "scorer.")
+    options = dict(raw)
+    if "markers" in options:
+        options["markers"] = tuple(options["markers"] or ())
+    return ScorerSpec(**options)
+
+
+def _prompt(raw, scorer: ScorerSpec) -> PromptSpec:
+    if raw is None:
+        if scorer.type == "perplexity":
+            return PromptSpec(plain="{text}")
+        raise SchemaError("prompt", "is required (prompt: {plain: ..., chat: ...})")
+    if isinstance(raw, str):
+        raw = {"plain": raw}
+    require_type("prompt", raw, dict, "a mapping with plain (and optionally chat, system)")
+    reject_unknown_keys(raw, ("plain", "chat", "system"), "prompt.")
+    if "plain" not in raw:
+        raise SchemaError("prompt.plain", "is required")
+    return PromptSpec(**raw)
+
+
+def _fewshot(raw) -> tuple[FewShot, ...]:
+    require_type("fewshot", raw, list, "a list of {fields, target}")
+    shots = []
+    for index, entry in enumerate(raw):
+        require_type(f"fewshot.{index}", entry, dict, "a mapping {fields, target}")
+        reject_unknown_keys(entry, ("fields", "target"), f"fewshot.{index}.")
+        try:
+            shots.append(FewShot(fields=entry.get("fields"), target=entry.get("target")))
+        except SchemaError as exc:
+            raise SchemaError(exc.field.replace("fewshot.", f"fewshot.{index}."), exc.reason) from None
+    return tuple(shots)
+
+
+def _generation(raw) -> GenerationSpec:
+    require_type("generation", raw, dict, "a mapping {max_tokens, stop}")
+    reject_unknown_keys(raw, ("max_tokens", "stop"), "generation.")
+    stop = raw.get("stop", ["\n\n"])
+    require_type("generation.stop", stop, list, "a list of strings")
+    return GenerationSpec(max_tokens=raw.get("max_tokens", 64), stop=tuple(stop))
+
+
+def _items(data: dict, path: Path, scorer: ScorerSpec) -> list[Item]:
+    if ("items" in data) == ("text" in data):
+        raise SchemaError("items", "give exactly one of items: (a JSONL file) or text: (a text file, perplexity only)")
+    if "text" in data:
+        if scorer.type != "perplexity":
+            raise SchemaError("text", "a plain text file is only for the perplexity scorer; use items: for the others")
+        from qfid.evals.text_items import paragraph_items
+
+        return paragraph_items(_relative_file(data, "text", path), str(data["name"]), data.get("lang", "en"))
+    if "lang" in data:
+        raise SchemaError("lang", "only with text: (items carry their own lang)")
+    return read_items(_relative_file(data, "items", path))
+
+
+def _relative_file(data: dict, key: str, path: Path) -> Path:
+    require_type(key, data[key], str, "a file path relative to the suite YAML")
+    return (path.parent / data[key]).resolve()
+
+
+def check_suite_consistency(suite: Suite) -> None:
+    """Every item and few-shot fits the template and the scorer; fails on the first that
+    does not, naming the item (the template is the one contract between them)."""
+    needed = template_fields(suite.prompt.plain, "prompt.plain") | template_fields(suite.prompt.chat or "", "prompt.chat")
+    for index, shot in enumerate(suite.fewshot):
+        missing = needed - set(shot.fields)
+        if missing:  # few-shot fields are literal: a computed field must be written out
+            raise SchemaError(f"fewshot.{index}.fields", f"misses {', '.join(sorted(missing))} used by the prompt")
+    for item in suite.items:
+        _check_item(suite, item, needed)
+
+
+def _check_item(suite: Suite, item: Item, needed: set[str]) -> None:
+    where = f"items: item {item.id}"
+    available = set(item.fields) | (set(COMPUTED_FIELDS) if item.choices else set())
+    missing = needed - available
+    if missing:
+        raise SchemaError(where, f"misses field(s) {', '.join(sorted(missing))} used by the prompt")
+    kind = suite.scorer.type
+    if kind == "choice" and item.choices is None:
+        raise SchemaError(where, "the choice scorer needs choices and label on every item")
+    if kind == "numeric" and not _is_numeric(item.answer):
+        raise SchemaError(where, f"the numeric scorer needs a numeric answer; got {item.answer!r}")
+    if kind in ("exact", "regex") and item.answer is None:
+        raise SchemaError(where, f"the {kind} scorer needs an answer")
+
+
+def _is_numeric(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    from qfid.evals.numbers import parse_number
+
+    return isinstance(value, str) and parse_number(value) is not None
