@@ -1,9 +1,14 @@
-"""`qfid demo`: the main job on the bundled default model.
+"""`qfid demo`: the whole story on the bundled default model (SmolLM2-135M-Instruct).
 
-Quantizes SmolLM2-135M-Instruct three ways (AWQ INT4, RTN INT4, FP8 per-channel) and puts
-each next to the full-precision baseline: checkpoint size, held-out perplexity and its
-drift, and how much of RTN's perplexity gap AWQ closes. Resumable: a scheme whose
-checkpoint already exists is not quantized again.
+1. quantize it three ways (AWQ INT4, RTN INT4, FP8 per-channel);
+2. held-out perplexity of each checkpoint next to the fp32 baseline;
+3. evaluate the baseline and all three on every built-in suite family (domain suites in their
+   log-likelihood form so a 135M model gives signal, plus the general control);
+4. compare each candidate with the baseline item by item and write the report;
+5. answer "which scheme would you ship for which suite, and why" from the comparisons.
+
+Every step is resumable: a finished checkpoint or eval run is reused on the next call. The
+default item limits keep the demo near 15 minutes on 2 cores; `--full` runs every item.
 """
 from __future__ import annotations
 
@@ -23,6 +28,9 @@ DEMO_SCHEMES = {
     "rtn-int4": QuantConfig(scheme="rtn-int4"),
     "fp8": QuantConfig(scheme="fp8", fp8_weights="channel", fp8_activations="dynamic"),
 }
+DEMO_SUITES = ("finance-mc", "legal", "multilingual-mc", "general", "general-ppl")
+DEMO_LIMIT = 120
+BASELINE = "fp32"
 
 
 @dataclass
@@ -31,6 +39,29 @@ class SchemeRow:
     path: Path
     checkpoint_mib: float
     heldout_ppl: float
+
+
+def run_demo(output: str | Path = "out/demo", reports: str | Path = "reports", full: bool = False,
+             backend: str = "hf") -> dict:
+    console = Console()
+    out, reports = Path(output), Path(reports)
+    models = {BASELINE: ensure_default_model(), **_quantize_missing(out, console)}
+    rows = _perplexity_rows(models)
+    ppl_summary = _render_perplexity(rows, console)
+    runs_dir = reports / "runs"
+    _evaluate_missing(models, runs_dir, None if full else DEMO_LIMIT, backend, console)
+    comparisons = _compare(models, runs_dir)
+    from qfid.evals.report import write_report
+
+    paths = write_report(comparisons, reports / "demo" / "report.html",
+                         title="qfid demo: SmolLM2-135M-Instruct, fp32 vs AWQ INT4, RTN INT4, FP8")
+    verdict = ship_verdict(comparisons, {r.name: r.checkpoint_mib for r in rows})
+    _render_verdict(verdict, console)
+    summary = {"perplexity": ppl_summary, "verdict": verdict, "report": {k: str(v) for k, v in paths.items()}}
+    atomic_write_text(reports / "demo" / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _append_verdict_markdown(paths["md"], verdict)
+    console.print(f"report: {paths['html']}  (markdown: {paths['md']})")
+    return summary
 
 
 def _quantize_missing(out: Path, console: Console) -> dict[str, Path]:
@@ -50,39 +81,140 @@ def _quantize_missing(out: Path, console: Console) -> dict[str, Path]:
     return paths
 
 
-def _rows(baseline: Path, paths: dict[str, Path]) -> list[SchemeRow]:
+def _perplexity_rows(models: dict[str, Path]) -> list[SchemeRow]:
     from qfid.quant.heldout import heldout_perplexity
     from qfid.quant.pipeline import dir_bytes
 
-    rows = [SchemeRow("fp32 (baseline)", baseline, dir_bytes(baseline) / 2**20, heldout_perplexity(baseline))]
-    for name, path in paths.items():
-        rows.append(SchemeRow(name, path, dir_bytes(path) / 2**20, heldout_perplexity(path)))
-    return rows
+    return [SchemeRow(name, path, dir_bytes(path) / 2**20, heldout_perplexity(path)) for name, path in models.items()]
 
 
-def _render(rows: list[SchemeRow], console: Console) -> dict:
+def _render_perplexity(rows: list[SchemeRow], console: Console) -> dict:
     base = rows[0].heldout_ppl
-    table = Table(title="qfid demo: SmolLM2-135M-Instruct, held-out perplexity (text never used for calibration)")
+    table = Table(title="held-out perplexity (text never used for calibration)")
     for col in ("scheme", "checkpoint", "held-out ppl", "delta vs fp32"):
-        table.add_column(col, justify="right" if col != "scheme" else "left")
+        table.add_column(col, justify="left" if col == "scheme" else "right")
     for row in rows:
         table.add_row(row.name, f"{row.checkpoint_mib:,.1f} MiB", f"{row.heldout_ppl:.3f}", f"{row.heldout_ppl - base:+.3f}")
     console.print(table)
-    by_name = {r.name: r.heldout_ppl - base for r in rows}
-    gap_ratio = by_name["awq-int4"] / by_name["rtn-int4"] if by_name.get("rtn-int4") else None
-    if gap_ratio is not None:
-        console.print(f"AWQ closes {100 * (1 - gap_ratio):.0f}% of RTN's perplexity gap (dAWQ/dRTN = {gap_ratio:.3f}).")
-    return {"rows": [{"scheme": r.name, "path": str(r.path), "checkpoint_mib": r.checkpoint_mib,
-                      "heldout_ppl": r.heldout_ppl, "delta_vs_baseline": r.heldout_ppl - base} for r in rows],
-            "awq_over_rtn_gap": gap_ratio}
+    delta = {r.name: r.heldout_ppl - base for r in rows}
+    gap = delta["awq-int4"] / delta["rtn-int4"] if delta.get("rtn-int4") else None
+    if gap is not None:
+        console.print(f"AWQ closes {100 * (1 - gap):.0f}% of RTN's perplexity gap (dAWQ/dRTN = {gap:.3f}).")
+    return {"rows": [{"scheme": r.name, "checkpoint_mib": round(r.checkpoint_mib, 2), "heldout_ppl": r.heldout_ppl,
+                      "delta_vs_baseline": r.heldout_ppl - base} for r in rows], "awq_over_rtn_gap": gap}
 
 
-def run_demo(output: str | Path = "out/demo") -> dict:
-    console = Console()
-    out = Path(output)
-    baseline = ensure_default_model()
-    paths = _quantize_missing(out, console)
-    summary = _render(_rows(baseline, paths), console)
-    atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2))
-    console.print(f"summary written to {out / 'demo_summary.json'}")
-    return summary
+def _evaluate_missing(models: dict[str, Path], runs_dir: Path, limit: int | None, backend: str, console: Console) -> None:
+    from qfid.evals.backends import make_backend
+    from qfid.evals.runner import RunOptions, build_manifest, now, run_suites
+    from qfid.evals.store import RunStore
+    from qfid.evals.suite import load_suites
+
+    suites = load_suites(",".join(DEMO_SUITES))
+    for name, path in models.items():
+        store = RunStore(runs_dir, name)
+        if store.manifest_file.is_file() and store.manifest().get("status") == "complete":
+            console.print(f"[dim]eval {name}: reusing {store.path}[/dim]")
+            continue
+        options = RunOptions(model=str(path), limit=limit, seed=0, top_k=10, batch_items=16)
+        runner_backend = make_backend(backend, str(path), batch_size=8)
+        store.open(build_manifest(name, runner_backend, suites, options), overwrite=True)
+        console.print(f"eval {name} on {', '.join(DEMO_SUITES)} (limit {limit or 'none'})")
+        store.finish(run_suites(runner_backend, suites, store, options), now())
+
+
+def _compare(models: dict[str, Path], runs_dir: Path):
+    from qfid.evals.report import compare_many
+
+    return compare_many(BASELINE, [name for name in models if name != BASELINE], runs_dir)
+
+
+def ship_verdict(comparisons, sizes_mib: dict[str, float]) -> dict:
+    """Per suite, the smallest checkpoint whose comparison passes the default gate there,
+    with the figures that decide it; and whether the general control hid a domain problem.
+    Computed from the runs only: nothing here is a fixed conclusion."""
+    from qfid.evals.gate import evaluate_gate
+    from qfid.evals.gate_config import GateConfig
+
+    config = GateConfig()
+    suites: dict[str, list[dict]] = {}
+    for comparison in comparisons:
+        scheme = comparison.candidate["name"]
+        failures = evaluate_gate(comparison, config).failures
+        for group in comparison.rows("suite"):
+            failed = [f.message for f in failures if f.group == group.name or f.group.startswith(f"{group.name}/")]
+            suites.setdefault(group.name, []).append({
+                "scheme": scheme, "size_mib": round(sizes_mib.get(scheme, float("nan")), 1),
+                "delta_pts": round(100 * group.delta, 2), "ci_pts": [round(100 * group.ci_low, 2), round(100 * group.ci_high, 2)],
+                "flip_rate": round(group.flip_rate, 3), "mean_kl": group.mean_kl, "mcnemar_p": group.mcnemar_p,
+                "significant_regression": group.significant_regression, "n": group.n,
+                "min_detectable_drop_pts": round(100 * group.min_detectable_drop, 1), "gate_failures": failed,
+            })
+    picks = {suite: _pick(rows) for suite, rows in suites.items()}
+    return {"suites": suites, "ship": picks, "control": _control_check(comparisons)}
+
+
+def _pick(rows: list[dict]) -> dict:
+    passing = sorted((r for r in rows if not r["gate_failures"]), key=lambda r: r["size_mib"])
+    if not passing:
+        return {"scheme": BASELINE, "why": "every quantized scheme breaks a gate threshold on this suite"}
+    best = passing[0]
+    rejected = [f"{r['scheme']} ({'; '.join(r['gate_failures'])})" for r in rows if r["gate_failures"]]
+    why = (f"smallest checkpoint that passes the gate: {best['size_mib']} MiB, accuracy {best['delta_pts']:+.1f} pts "
+           f"(95% CI {best['ci_pts'][0]:+.1f} to {best['ci_pts'][1]:+.1f}), flip rate {best['flip_rate']:.1%}; "
+           f"drops under {best['min_detectable_drop_pts']:.0f} pts are below this run's power")
+    if rejected:
+        why += "; rejected: " + ", ".join(rejected)
+    return {"scheme": best["scheme"], "why": why}
+
+
+def _control_check(comparisons) -> list[dict]:
+    """The thesis, measured: does the general control move less than the domain suites?"""
+    findings = []
+    for comparison in comparisons:
+        rows = {g.name: g for g in comparison.rows("suite")}
+        control = rows.get("general")
+        domain = [g for name, g in rows.items() if name != "general"]
+        if control is None or not domain:
+            continue
+        worst = min(domain, key=lambda g: g.delta)
+        most_flips = max(domain, key=lambda g: g.flip_rate)
+        ppl = next((p for p in comparison.perplexity if p.suite == "general-ppl"), None)
+        hidden = (abs(control.delta) < abs(worst.delta) and (worst.significant_regression or most_flips.flip_rate > control.flip_rate))
+        findings.append({
+            "scheme": comparison.candidate["name"],
+            "general_delta_pts": round(100 * control.delta, 2), "general_flip_rate": round(control.flip_rate, 3),
+            "perplexity_change": None if ppl is None else round(ppl.change, 4),
+            "worst_domain_suite": worst.name, "worst_domain_delta_pts": round(100 * worst.delta, 2),
+            "worst_domain_significant": worst.significant_regression,
+            "most_flips_suite": most_flips.name, "most_flips_rate": round(most_flips.flip_rate, 3),
+            "control_hides_domain_change": hidden,
+        })
+    return findings
+
+
+def _verdict_lines(verdict: dict) -> list[str]:
+    lines = [f"- **{suite}**: ship **{pick['scheme']}** — {pick['why']}" for suite, pick in verdict["ship"].items()]
+    for f in verdict["control"]:
+        ppl = "n/a" if f["perplexity_change"] is None else f"{100 * f['perplexity_change']:+.1f}%"
+        if f["control_hides_domain_change"]:
+            lines.append(f"- {f['scheme']}: the general control moved {f['general_delta_pts']:+.1f} pts (perplexity {ppl}) "
+                         f"while {f['worst_domain_suite']} moved {f['worst_domain_delta_pts']:+.1f} pts and "
+                         f"{f['most_flips_suite']} flipped {f['most_flips_rate']:.1%} of its items: the control alone would have hidden it.")
+        else:
+            lines.append(f"- {f['scheme']}: the data does not show the control hiding a domain regression here "
+                         f"(general {f['general_delta_pts']:+.1f} pts, perplexity {ppl}; worst domain suite "
+                         f"{f['worst_domain_suite']} {f['worst_domain_delta_pts']:+.1f} pts, "
+                         f"{'significant' if f['worst_domain_significant'] else 'not significant'}).")
+    return lines
+
+
+def _render_verdict(verdict: dict, console: Console) -> None:
+    console.print("\n[bold]Which scheme would you ship, per suite?[/bold]")
+    for line in _verdict_lines(verdict):
+        console.print(line.replace("**", ""))
+
+
+def _append_verdict_markdown(md_path: Path, verdict: dict) -> None:
+    text = md_path.read_text(encoding="utf-8")
+    atomic_write_text(md_path, text + "\n## Verdict: which scheme to ship for which suite\n\n" + "\n".join(_verdict_lines(verdict)) + "\n")

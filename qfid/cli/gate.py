@@ -5,8 +5,8 @@ from typing import Optional
 
 import typer
 
-HELP = """Check a candidate eval run against its baseline with the thresholds in [tool.qfid.gate] of
-pyproject.toml or [gate] of a qfid.toml. Prints one line per broken threshold naming the suite,
+HELP = """Check a candidate eval run against its baseline with the thresholds in \\[tool.qfid.gate] of
+pyproject.toml or \\[gate] of a qfid.toml. Prints one line per broken threshold naming the suite,
 category or language, the figure and the limit.
 
 Exit codes: 0 every threshold holds, 1 at least one is broken, 2 usage or data error (unknown run,
@@ -29,12 +29,12 @@ Examples:
 
 Config example (pyproject.toml):
 
-  [tool.qfid.gate]
+  \\[tool.qfid.gate]
   max_accuracy_drop = 5.0
   max_flip_rate = 0.15
   max_mean_kl = 0.1
   alpha = 0.05
-  [tool.qfid.gate.category]
+  \\[tool.qfid.gate.category]
   "*" = 8.0
   "legal/negation_exceptions" = 4.0
 """

@@ -28,10 +28,13 @@ class HFBackend:
     def from_model(cls, model: str, batch_size: int = 8, dtype: str = "float32", device: str | None = None) -> "HFBackend":
         import torch
 
-        from qfid.models.loading import load_dense_model, resolve_model_dir
+        from qfid.models.loading import resolve_model_dir
+        from qfid.quant.formats import load_quantized_or_dense, load_tokenizer
 
         model_dir = resolve_model_dir(model)
-        loaded, tokenizer = load_dense_model(model_dir, dtype=getattr(torch, dtype))
+        # quantized checkpoints (AWQ / compressed-tensors) load with qfid's reference layers
+        loaded = load_quantized_or_dense(model_dir, dtype=getattr(torch, dtype))
+        tokenizer = load_tokenizer(model_dir)
         loaded.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         return cls(loaded, tokenizer, batch_size=batch_size, model_dir=model_dir)
 

@@ -1,0 +1,30 @@
+"""The demo's closing verdict is computed from the runs: a planted domain regression makes the
+smaller scheme lose that suite (and only that suite), and the control check notices that the
+general control did not move."""
+from __future__ import annotations
+
+from qfid.demo import ship_verdict
+from qfid.evals.report import compare_many
+from tests.unit.test_compare import paired_runs, write_run, record
+
+
+def _layout(finance_ok: list[int]) -> dict:
+    return {("finance-mc", "npv", "en"): finance_ok, ("general", "science", "en"): [1] * 60 + [0] * 40}
+
+
+def test_verdict_rejects_the_scheme_with_a_planted_regression(tmp_path):
+    base = [1] * 80 + [0] * 20
+    broken = [0] * 30 + [1] * 50 + [0] * 20          # 30 items correct -> wrong
+    paired_runs(tmp_path, _layout(base), _layout(broken), names=("fp32", "small"))
+    write_run(tmp_path, "big", [record(suite, f"{suite}-{cat}-{lang}-{i}", bool(ok), cat, lang)
+                                for (suite, cat, lang), col in _layout(base).items() for i, ok in enumerate(col)])
+    comparisons = compare_many("fp32", ["small", "big"], tmp_path)
+    verdict = ship_verdict(comparisons, {"small": 10.0, "big": 20.0})
+    assert verdict["ship"]["finance-mc"]["scheme"] == "big"
+    assert "small" in verdict["ship"]["finance-mc"]["why"] and "rejected" in verdict["ship"]["finance-mc"]["why"]
+    assert verdict["ship"]["general"]["scheme"] == "small"
+    small = next(f for f in verdict["control"] if f["scheme"] == "small")
+    assert small["general_delta_pts"] == 0 and small["worst_domain_suite"] == "finance-mc"
+    assert small["worst_domain_significant"] and small["control_hides_domain_change"]
+    big = next(f for f in verdict["control"] if f["scheme"] == "big")
+    assert not big["control_hides_domain_change"]
