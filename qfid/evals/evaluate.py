@@ -1,8 +1,9 @@
 """Evaluate one batch of a suite's items on a backend and turn the results into records.
 
 Three shapes of work, chosen by the scorer: multiple choice by log-likelihood (one request
-per choice), generation (greedy text, then the gold answer's log-likelihood for KL), and
-perplexity (rolling log-likelihood of the text). Every record carries the gold answer's
+per choice; `correct` by summed log-prob, `correct_norm` by log-prob per character),
+generation (greedy text, then the gold answer's log-likelihood for KL), and perplexity
+(rolling log-likelihood of the text). Every record carries the gold answer's
 log-prob and its top-k next-token log-probs, taken on the *gold* tokens so that any two
 runs of the same suite and tokenizer line up position by position.
 """
@@ -12,8 +13,8 @@ from collections.abc import Callable
 
 from qfid.evals.backends.base import Backend, Loglikelihood
 from qfid.evals.items import Item
-from qfid.evals.render import TARGET_DELIMITER, choice_continuations, gold_target, render_chat, render_plain
-from qfid.evals.scoring import score_choice, score_generation
+from qfid.evals.render import TARGET_DELIMITER, choice_continuations, choice_targets, gold_target, render_chat, render_plain
+from qfid.evals.scoring import score_choice, score_choice_norm, score_generation
 from qfid.evals.suite import Suite
 
 ChatFormatter = Callable[[list[dict]], str]
@@ -53,10 +54,12 @@ def _multiple_choice(backend, suite, items, prompts, top_k) -> list[dict]:
     records = []
     for item, prompt, (start, count) in zip(items, prompts, spans):
         scored = results[start:start + count]
-        index, judged = score_choice(item, [r.logprob for r in scored])
+        logprobs = [r.logprob for r in scored]
+        index, judged = score_choice(item, logprobs)
+        _, judged_norm = score_choice_norm(item, logprobs, choice_targets(suite, item))
         records.append({**_base(suite, item, prompt), "prediction": item.choices[index], "extracted": judged.extracted,
-                        "correct": judged.correct, "pred_index": index, "choice_logprobs": [r.logprob for r in scored],
-                        **_answer_fields(scored[item.label])})
+                        "correct": judged.correct, "correct_norm": judged_norm.correct, "pred_index": index,
+                        "choice_logprobs": logprobs, **_answer_fields(scored[item.label])})
     return records
 
 

@@ -2,10 +2,11 @@
 
 Each suite becomes `qfid_<name>.yaml` + `qfid_<name>.jsonl`. Prompts are rendered by qfid
 (few-shot included) and stored whole, so lm-eval scores exactly the strings qfid scores:
-multiple choice as `output_type: multiple_choice` (lm-eval's `acc` is the same argmax of
-summed log-probs), perplexity as `loglikelihood_rolling`, and generative suites as
-`generate_until` judged by qfid's own scorer through `process_results` (tolerances and
-multi-script number reading included), which needs qfid importable where lm-eval runs.
+multiple choice as `output_type: multiple_choice` (lm-eval's `acc` and `acc_norm` are the
+argmax of summed and of per-character log-probs, qfid's `correct` and `correct_norm`),
+perplexity as `loglikelihood_rolling`, and generative suites as `generate_until` judged by
+qfid's own scorer through `process_results` (tolerances and multi-script number reading
+included), which needs qfid importable where lm-eval runs.
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def _task_kind(suite: Suite) -> dict:
                 "metric_list": [{"metric": m} for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")]}
     if suite.scorer.uses_loglikelihood:
         return {"output_type": "multiple_choice", "doc_to_text": "prompt", "doc_to_choice": "choices", "doc_to_target": "label",
-                "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
+                "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")]}
     return {"output_type": "generate_until", "doc_to_text": "prompt", "doc_to_target": "answer",
             "generation_kwargs": {"until": list(suite.generation.stop), "max_gen_toks": suite.generation.max_tokens, "do_sample": False},
             "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}

@@ -2,7 +2,8 @@
 
 Generated text is judged by `score_generation` (numeric, exact, regex, or a choice letter
 read from the text); multiple choice by log-likelihood is judged by `score_choice` from
-one summed log-prob per choice. Both return what was extracted, so a run records *why* an
+one summed log-prob per choice, and by `score_choice_norm` from the log-prob per character
+(lm-eval's acc and acc_norm). Both return what was extracted, so a run records *why* an
 item counted as wrong, not only that it did.
 """
 from __future__ import annotations
@@ -90,6 +91,13 @@ def score_choice(item: Item, choice_logprobs: list[float]) -> tuple[int, Judgeme
     """The choice with the highest summed log-prob (lm-eval's `acc`); ties go to the first."""
     best = max(range(len(choice_logprobs)), key=lambda i: (choice_logprobs[i], -i))
     return best, Judgement(item.choices[best], best == item.label)
+
+
+def score_choice_norm(item: Item, choice_logprobs: list[float], targets: list[str]) -> tuple[int, Judgement]:
+    """lm-eval's `acc_norm`: the highest log-prob per character of the scored target (the
+    choice text or letter, without the leading delimiter). A summed log-prob favours short
+    choices ("$60.00" over "$2,120.00") whatever the question; per character it does not."""
+    return score_choice(item, [lp / max(1, len(target)) for lp, target in zip(choice_logprobs, targets, strict=True)])
 
 
 def _format_number(value: float) -> str:

@@ -20,6 +20,7 @@ RECORD_FIELDS = {
     "scorer": "string", "prompt": "string", "prediction": "string", "extracted": "string", "correct": "bool", "gold": "string",
     "pred_index": "int32", "choice_logprobs": "list<double>", "answer_logprob": "double", "answer_tokens": "int32",
     "answer_greedy": "bool", "topk_ids": "list<list<int32>>", "topk_logprobs": "list<list<float>>",
+    "correct_norm": "bool",  # choice suites: lm-eval's acc_norm per item; added later, so last
 }
 
 
@@ -80,12 +81,11 @@ class RunStore:
         """Every record so far (merged file and pending parts) as a DataFrame."""
         import pandas as pd
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         files = ([self.records_file] if self.records_file.is_file() else []) + sorted(self.parts.glob("part-*.parquet"))
         if not files:
             return pd.DataFrame(columns=columns or list(RECORD_FIELDS))
-        return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]).to_pandas()
+        return pa.concat_tables([_read_records(f, columns) for f in files]).to_pandas()
 
     def finish(self, results: dict, finished: str) -> None:
         """Merge the parts into records.parquet and mark the run complete."""
@@ -98,6 +98,18 @@ class RunStore:
         os.replace(tmp, self.records_file)
         shutil.rmtree(self.parts, ignore_errors=True)
         self.write_manifest({**self.manifest(), "status": "complete", "finished": finished, "results": results})
+
+
+def _read_records(path: Path, columns: list[str] | None):
+    """One records file in today's schema: a run written before a field was added (say
+    `correct_norm`) still reads, resumes and merges, with that field null."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = record_schema()
+    wanted = columns or schema.names
+    table = pq.read_table(path, columns=[c for c in wanted if c in pq.read_schema(path).names])
+    return pa.table({c: table[c] if c in table.column_names else pa.nulls(len(table), schema.field(c).type) for c in wanted})
 
 
 def _difference(old: dict, new: dict) -> str:

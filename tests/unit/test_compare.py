@@ -137,6 +137,22 @@ def test_choice_margin_change(tmp_path):
     assert group.margin_items == 2 and group.margin_delta == pytest.approx((-0.5 - 1.0) / 2)
 
 
+def test_a_run_written_before_correct_norm_still_resumes_and_compares(tmp_path):
+    import pyarrow.parquet as pq
+
+    path = write_run(tmp_path, "old", [record("mc", "mc-1", True, scorer="choice")])
+    old_file = path / "records.parquet"
+    pq.write_table(pq.read_table(old_file).drop_columns(["correct_norm"]), old_file)  # the schema before the field
+    store = RunStore(tmp_path, "old")
+    store.open(store.manifest())  # resume it
+    store.append([record("mc", "mc-2", False, scorer="choice", correct_norm=True)])
+    assert store.records()["correct_norm"].tolist() == [None, True]
+    assert store.records(columns=["id", "correct_norm"]).shape == (2, 2)
+    store.finish({}, "2025-01-01T00:00:00+00:00")
+    write_run(tmp_path, "new", [record("mc", f"mc-{i}", True, scorer="choice", correct_norm=True) for i in (1, 2)])
+    assert compare_runs("old", "new", tmp_path, n_boot=100).group("suite", "mc").n == 2
+
+
 def test_perplexity_rows(tmp_path):
     def texts(logprobs):
         return [record("ppl", f"ppl-{i}", None, category="text", scorer="perplexity", gold="", answer_logprob=lp, answer_tokens=10)

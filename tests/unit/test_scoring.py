@@ -7,7 +7,7 @@ import pytest
 from qfid.evals.cjk_numerals import cjk_to_number
 from qfid.evals.items import Item
 from qfid.evals.numbers import extract_number, numbers_match, parse_number
-from qfid.evals.scoring import exact_match, extract_choice_letter, normalize_answer, score_choice, score_generation
+from qfid.evals.scoring import exact_match, extract_choice_letter, normalize_answer, score_choice, score_choice_norm, score_generation
 from qfid.evals.suite import ScorerSpec
 
 
@@ -155,3 +155,14 @@ def test_score_choice_takes_the_most_likely_and_breaks_ties_to_the_first():
     assert score_choice(item, [-3.0, -1.0, -2.0]) == (1, score_choice(item, [-3.0, -1.0, -2.0])[1])
     assert score_choice(item, [-3.0, -1.0, -2.0])[1].correct
     assert score_choice(item, [-1.0, -1.0, -2.0])[0] == 0
+
+
+def test_score_choice_norm_divides_by_target_characters_as_lm_eval_acc_norm():
+    item = _item("$2,120.00", choices=("$60.00", "$2,120.00"), label=1)
+    logprobs = [-9.0, -12.0]  # summed: the short one wins; per character: -1.5 vs -1.33
+    assert score_choice(item, logprobs)[0] == 0 and not score_choice(item, logprobs)[1].correct
+    index, judged = score_choice_norm(item, logprobs, list(item.choices))
+    assert index == 1 and judged.correct and judged.extracted == "$2,120.00"
+    assert score_choice_norm(item, logprobs, ["A", "B"])[0] == 0  # letter targets: same as acc
+    with pytest.raises(ValueError):
+        score_choice_norm(item, logprobs, ["only one"])
