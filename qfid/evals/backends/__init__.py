@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from qfid.errors import QfidError
 
-BACKENDS = ("hf", "openai")
+BACKENDS = ("engine", "hf", "openai")
 
 
 def make_backend(kind: str, model: str, **options):
     from qfid.evals.validation import did_you_mean
 
+    if kind == "engine":
+        from qfid.evals.backends.engine import EngineBackend
+
+        return EngineBackend.from_model(model, **options)
     if kind == "hf":
         from qfid.evals.backends.hf import HFBackend
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qfid.evals.backends.base import Loglikelihood, Rolling, TopK, cut_at_stop
+from qfid.evals.backends.base import Loglikelihood, TopK, cut_at_stop
+from qfid.evals.backends.token_scoring import TokenScoring
 
 
-class HFBackend:
+class HFBackend(TokenScoring):
     name = "hf"
 
     def __init__(self, model, tokenizer, batch_size: int = 8, model_dir: Path | None = None):
@@ -49,41 +50,6 @@ class HFBackend:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     # --- scoring -------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    def _prefix_id(self) -> int:
-        tok = self.tokenizer
-        return tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
-
-    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """lm-eval's split: trailing spaces move to the continuation, whole string encoded once."""
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
-        if not context:
-            return [self._prefix_id()], self.encode(continuation)
-        whole, context_ids = self.encode(context + continuation), self.encode(context)
-        return context_ids, whole[len(context_ids):]
-
-    def loglikelihood(self, requests: list[tuple[str, str]], top_k: int = 0) -> list[Loglikelihood]:
-        return self.score_token_pairs([self._encode_pair(c, x) for c, x in requests], top_k)
-
-    def loglikelihood_rolling(self, texts: list[str]) -> list[Rolling]:
-        """Disjoint windows of max_length tokens, each predicted from the token before it."""
-        pairs, owners = [], []
-        for index, text in enumerate(texts):
-            tokens = self.encode(text)
-            inputs = [self._prefix_id(), *tokens]
-            for start in range(0, len(tokens), self.max_length):
-                pairs.append(([inputs[start]], tokens[start:start + self.max_length]))
-                owners.append(index)
-        totals = [[0.0, 0] for _ in texts]
-        for owner, result in zip(owners, self.score_token_pairs(pairs, 0)):
-            totals[owner][0] += result.logprob
-            totals[owner][1] += result.n_tokens
-        return [Rolling(logprob=lp, n_tokens=n) for lp, n in totals]
-
     def score_token_pairs(self, pairs: list[tuple[list[int], list[int]]], top_k: int) -> list[Loglikelihood]:
         """Log-likelihood of each continuation given its context, longest first in batches."""
         results: list[Loglikelihood | None] = [None] * len(pairs)

@@ -1,0 +1,70 @@
+"""The qfid engine as an eval backend (the default): every request of a batch goes into the
+paged continuous-batching engine at once, so scoring and generation share its batching.
+
+Log-likelihoods come from the engine's prompt logprobs: the whole (context + continuation)
+is submitted as a prompt with `prompt_logprobs=k`, and each continuation position reads the
+actual token's logprob (always present) and its top-k. Greedy generation is temperature 0.
+Tokenisation is lm-eval's, shared with the HF backend, so both score identical token ids.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from qfid.evals.backends.base import Loglikelihood, TopK, cut_at_stop
+from qfid.evals.backends.token_scoring import TokenScoring
+
+GREEDY_PROBE_K = 1
+
+
+class EngineBackend(TokenScoring):
+    name = "engine"
+
+    def __init__(self, llm, batch_size: int = 8, model_dir: Path | None = None):
+        self.llm, self.tokenizer, self.batch_size, self.model_dir = llm, llm.tokenizer, batch_size, model_dir
+        self.max_length = llm.engine.max_model_len
+
+    @classmethod
+    def from_model(cls, model: str, batch_size: int = 8, dtype: str = "float32", **engine_options) -> "EngineBackend":
+        from qfid.engine.llm import LLM
+
+        llm = LLM(model, dtype=dtype, **engine_options)
+        return cls(llm, batch_size=batch_size, model_dir=llm.model_dir)
+
+    def describe(self) -> dict:
+        config = self.llm.engine.config
+        return {"backend": self.name, "model_dir": str(self.model_dir or ""), "dtype": str(config.dtype),
+                "batch_size": self.batch_size, "block_size": config.block_size}
+
+    def format_chat(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def score_token_pairs(self, pairs: list[tuple[list[int], list[int]]], top_k: int) -> list[Loglikelihood]:
+        from qfid.engine.sampling import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=max(top_k, GREEDY_PROBE_K), ignore_eos=True)
+        prompts = [(ctx + cont)[-self.max_length:] for ctx, cont in pairs]
+        outputs = self.llm.generate(prompts, params)
+        return [_continuation_score(out.prompt_logprobs, cont, top_k) for out, (_, cont) in zip(outputs, pairs)]
+
+    def generate(self, prompts: list[str], max_tokens: int, stop: list[str]) -> list[str]:
+        from qfid.engine.sampling import SamplingParams
+
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=tuple(stop))
+        encoded = [self.encode(p)[-(self.max_length - max_tokens):] for p in prompts]
+        return [cut_at_stop(out.text, stop) for out in self.llm.generate(encoded, params)]
+
+
+def _continuation_score(prompt_logprobs: list[dict[int, float] | None], continuation: list[int], top_k: int) -> Loglikelihood:
+    """Sum the continuation tokens' logprobs from the tail of the prompt-logprob list; greedy
+    when each actual token is the most likely one at its position."""
+    entries = prompt_logprobs[len(prompt_logprobs) - len(continuation):]
+    total, greedy, ids, values = 0.0, True, [], []
+    for token, entry in zip(continuation, entries):
+        total += entry[token]
+        greedy = greedy and entry[token] >= max(entry.values())
+        if top_k > 0:
+            ranked = sorted(entry.items(), key=lambda kv: -kv[1])[:top_k]
+            ids.append([t for t, _ in ranked])
+            values.append([v for _, v in ranked])
+    topk = TopK(ids=ids, logprobs=values) if top_k > 0 else None
+    return Loglikelihood(logprob=total, is_greedy=greedy, n_tokens=len(continuation), topk=topk)
