@@ -6,7 +6,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load", "quantize"]
+__all__ = ["__version__", "load", "quantize", "LLM", "SamplingParams"]
 
 
 def load(path_or_name: str, **kwargs):
@@ -21,3 +21,16 @@ def quantize(model: str, config, output_dir: str):
     from qfid.quant.pipeline import quantize_model
 
     return quantize_model(model, config, output_dir)
+
+
+def __getattr__(name: str):
+    """`from qfid import LLM, SamplingParams` without importing torch for `qfid --help`."""
+    if name == "LLM":
+        from qfid.engine.llm import LLM
+
+        return LLM
+    if name == "SamplingParams":
+        from qfid.engine.sampling import SamplingParams
+
+        return SamplingParams
+    raise AttributeError(f"module 'qfid' has no attribute {name!r}")

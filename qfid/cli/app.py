@@ -13,6 +13,7 @@ import typer
 from qfid.cli import demo, models, quantize, suites
 from qfid.cli import eval as eval_cli
 from qfid.cli import compare, gate, report
+from qfid.cli import generate, serve
 from qfid.errors import QfidError
 
 app = typer.Typer(
@@ -30,6 +31,8 @@ app.command("eval", help=eval_cli.HELP)(eval_cli.eval_command)
 app.command("compare", help=compare.HELP)(compare.compare_command)
 app.command("gate", help=gate.HELP)(gate.gate_command)
 app.command("report", help=report.HELP)(report.report_command)
+app.command("serve", help=serve.HELP)(serve.serve_command)
+app.command("generate", help=generate.HELP)(generate.generate_command)
 
 
 def main() -> None:

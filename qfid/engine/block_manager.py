@@ -98,15 +98,16 @@ class BlockManager:
         self.prefix_hits += bool(seq.block_table)
         return seq.num_computed_tokens
 
-    def cache_computed_blocks(self, seq: Sequence) -> None:
+    def cache_computed_blocks(self, seq: Sequence, num_previously_computed: int = 0) -> None:
         """Publish the hashes of blocks that are full and whose K/V is now written, so later
-        requests with the same prefix can share them. A block whose hash another block
+        requests with the same prefix can share them; blocks full before
+        `num_previously_computed` were already offered. A block whose hash another block
         already holds stays private (two requests computed the same prefix at once)."""
         if not self.enable_prefix_caching:
             return
         num_full = seq.num_computed_tokens // self.block_size
         self._extend_hashes(seq, num_full)
-        for index in range(num_full):
+        for index in range(num_previously_computed // self.block_size, num_full):
             block = self.blocks[seq.block_table[index]]
             block_hash = seq.block_hashes[index]
             if block.hash is None and block_hash not in self._cached:

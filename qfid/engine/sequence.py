@@ -24,8 +24,9 @@ _ids = count()
 class Sequence:
     """A request's token stream and its place in the KV cache.
 
-    `params` is the request's SamplingParams; only `max_tokens`, `ignore_eos` and
-    `stop_token_ids` are read here (duck-typed so this module stays torch-free).
+    `params` is the request's SamplingParams; only `max_tokens`, `ignore_eos`,
+    `stop_token_ids` and `prompt_logprobs` are read here (duck-typed so this module stays
+    torch-free).
     `generator` belongs to the sampler (a per-request seeded RNG, created lazily)."""
 
     def __init__(self, prompt_token_ids: list[int], params, seq_id: int | None = None):
@@ -41,7 +42,7 @@ class Sequence:
         self.block_hashes: list[int] = []
         self.finish_reason: str | None = None
         self.output_logprobs: list[dict[int, float]] = []
-        self.prompt_logprobs: list[dict[int, float] | None] = []
+        self.prompt_logprobs: list[dict[int, float] | None] = [None]  # the first token has no context
         self.num_preemptions = 0
         self.generator = None
 
@@ -73,7 +74,7 @@ class Sequence:
     def uses_prefix_cache(self) -> bool:
         """Prompt logprobs need logits at every prompt position, so a request that asks for
         them must compute its whole prompt rather than reuse cached blocks."""
-        return not getattr(self.params, "prompt_logprobs", None)
+        return getattr(self.params, "prompt_logprobs", None) is None
 
     def block_tokens(self, index: int, block_size: int) -> tuple[int, ...]:
         return tuple(self.token_ids[index * block_size:(index + 1) * block_size])

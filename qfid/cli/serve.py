@@ -1,0 +1,46 @@
+"""`qfid serve`: options -> EngineConfig fields -> engine.server.serve (blocks until Ctrl-C)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from qfid.cli.options import MODEL_ARG
+from qfid.errors import QfidError
+
+HELP = """Serve a model (fp, or a qfid INT4 / FP8 checkpoint) over an OpenAI-compatible HTTP API.
+
+Routes: /v1/completions, /v1/chat/completions (SSE streaming with "stream": true),
+/v1/models, /health, /metrics (Prometheus). Binds 127.0.0.1 unless --host says otherwise.
+
+Examples:
+
+  qfid serve smollm2-135m
+
+  qfid serve out/smollm2-awq --port 8000 --dtype bfloat16 --threads 2
+
+  curl localhost:8000/v1/completions -H 'content-type: application/json' \\
+       -d '{"prompt": "The capital of France is", "max_tokens": 32, "stream": true}'
+"""
+
+
+def serve_command(
+    model: str = MODEL_ARG,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 exposes the server to the network)."),
+    port: int = typer.Option(8000, "--port", "-p", help="TCP port."),
+    served_name: Optional[str] = typer.Option(None, "--served-name", help="Model name clients send (default: the folder or model name)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 (activations and KV cache)."),
+    kv_cache_gb: float = typer.Option(1.0, "--kv-cache-gb", help="Memory for the paged KV cache."),
+    max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="Most sequences in one batch."),
+    max_num_batched_tokens: int = typer.Option(2048, "--max-batched-tokens", help="Token budget of one step (prefill is chunked to fit)."),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Context limit (default: the model's)."),
+    max_pending: int = typer.Option(1024, "--max-pending", help="Requests in flight before new ones get 429."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (default: torch's choice)."),
+) -> None:
+    try:
+        from qfid.engine.server import serve
+    except ImportError as exc:
+        raise QfidError(f"serving needs the 'serve' extra ({exc.name} is missing): pip install 'qfid[serve]'") from None
+    serve(model, host=host, port=port, served_name=served_name, max_pending=max_pending, dtype=dtype,
+          kv_cache_gb=kv_cache_gb, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+          max_model_len=max_model_len, num_threads=threads)

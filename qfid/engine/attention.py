@@ -1,0 +1,124 @@
+"""Paged attention in pure torch (the CPU path): store new K/V at their cache slots, then
+attend over each sequence's context through its block table.
+
+One layer's cache is a pair of `[kv_heads, num_blocks, block_size, head_dim]` tensors, so
+gathering a sequence's context is one `index_select` of whole blocks (2 KiB rows in bf16)
+that lands directly in the `[kv_heads, seqs, tokens, head_dim]` shape a batched matmul
+wants: no transpose copy after the gather. Memory traffic, not arithmetic, is what decode
+attention costs on a CPU, so this layout is the main speed decision here.
+
+A step's tokens arrive flat: one-token rows (decodes) first, then prefill chunks.
+- Decodes: one gather and two batched matmuls per group of similar context length (a few
+  groups per step, sorted by length, so padding stays small); the query heads that share
+  a KV head are folded into the matmul's row axis (grouped-query attention without
+  repeating K/V); softmax in fp32 with a precomputed 0/-inf padding bias.
+- Prefill chunks: one SDPA call per chunk (a Python loop over *sequences*, at most a few
+  per step). A chunk with no cached context attends causally over its own new K/V with no
+  gather at all; a later chunk, or one after a prefix-cache hit, gathers its blocks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PrefillChunk:
+    """One sequence's prefill rows (relative to the step's first prefill row). When it has
+    cached context: `blocks` to gather and `mask` [queries, context] (query i sees keys
+    up to start + i)."""
+
+    rows: slice
+    blocks: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
+@dataclass
+class DecodeGroup:
+    """Decode rows of similar context length: their block tables cut to the group's
+    longest and flattened (padding points at block 0), and a [1, rows, 1, keys] fp32 bias,
+    0 inside each row's context and -inf after it."""
+
+    rows: slice
+    blocks: torch.Tensor
+    bias: torch.Tensor
+
+
+@dataclass
+class AttentionMetadata:
+    """Built once per step by the model runner, shared by every layer.
+
+    slot_mapping: [T] cache slot (block * block_size + offset) of each new token.
+    num_decode_tokens: rows [0, D) are one-token sequences; the rest are prefill chunks.
+    """
+
+    slot_mapping: torch.Tensor
+    num_decode_tokens: int
+    decode_groups: list[DecodeGroup] = field(default_factory=list)
+    prefill_chunks: list[PrefillChunk] = field(default_factory=list)
+
+
+def store_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Write [T, kv_heads, d] keys and values into their slots."""
+    heads, dim = k_cache.shape[0], k_cache.shape[-1]
+    k_cache.view(heads, -1, dim).index_copy_(1, slot_mapping, k.transpose(0, 1))
+    v_cache.view(heads, -1, dim).index_copy_(1, slot_mapping, v.transpose(0, 1))
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                    v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """Store this step's k, v [T, kv_heads, d]; return attention output [T, heads, d]."""
+    store_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+    num_decode = meta.num_decode_tokens
+    parts = []
+    if num_decode:
+        parts.append(decode_attention(q[:num_decode], k_cache, v_cache, meta, scale))
+    if num_decode < q.shape[0]:
+        parts.append(prefill_attention(q[num_decode:], k[num_decode:], v[num_decode:], k_cache, v_cache, meta, scale))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor, rows: int) -> torch.Tensor:
+    """[kv_heads, rows, tokens, d] context of `rows` sequences whose block ids are `blocks`."""
+    heads, _, block_size, dim = cache.shape
+    return cache.index_select(1, blocks).view(heads, rows, -1, dim)
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    outputs = [_decode_group(q[group.rows], k_cache, v_cache, group, scale) for group in meta.decode_groups]
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def _decode_group(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, group: DecodeGroup,
+                  scale: float) -> torch.Tensor:
+    rows, heads, dim = q.shape
+    kv_heads = k_cache.shape[0]
+    k = gather_blocks(k_cache, group.blocks, rows)
+    v = gather_blocks(v_cache, group.blocks, rows)
+    grouped = q.view(rows, kv_heads, heads // kv_heads, dim).transpose(0, 1)  # [kv_heads, rows, group, d]
+    scores = torch.matmul(grouped, k.transpose(-1, -2)).float().mul_(scale).add_(group.bias)
+    out = torch.matmul(scores.softmax(dim=-1).to(q.dtype), v)  # [kv_heads, rows, group, d]
+    return out.transpose(0, 1).reshape(rows, heads, dim)
+
+
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                      v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    heads = q.shape[1]
+    outputs = []
+    for chunk in meta.prefill_chunks:
+        query = q[chunk.rows].transpose(0, 1).unsqueeze(0)  # [1, heads, Q, d]
+        if chunk.blocks is None:
+            keys, values = k[chunk.rows].transpose(0, 1).unsqueeze(0), v[chunk.rows].transpose(0, 1).unsqueeze(0)
+            out = F.scaled_dot_product_attention(query, keys, values, is_causal=True, scale=scale,
+                                                 enable_gqa=heads != keys.shape[1])
+        else:
+            keys = gather_blocks(k_cache, chunk.blocks, 1).transpose(0, 1)
+            values = gather_blocks(v_cache, chunk.blocks, 1).transpose(0, 1)
+            out = F.scaled_dot_product_attention(query, keys, values, attn_mask=chunk.mask, scale=scale,
+                                                 enable_gqa=heads != keys.shape[1])
+        outputs.append(out.squeeze(0).transpose(0, 1))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)

@@ -1,0 +1,107 @@
+"""Turn a ScheduledBatch into the flat tensors one forward pass needs.
+
+Sequences computing a single token (decodes) are laid out first, prefill chunks after, so
+attention can treat each group with one batched call. Everything per token (positions,
+cache slots, masks) is computed with tensor ops from per-sequence numbers; the only Python
+loop is over sequences, to read their token lists and block tables.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qfid.engine.attention import AttentionMetadata, DecodeGroup, PrefillChunk
+from qfid.engine.scheduler import ScheduledBatch
+from qfid.engine.sequence import Sequence
+
+
+@dataclass
+class BatchInputs:
+    """`order[i]` is the batch index of the i-th laid-out sequence; `last_rows[i]` the flat
+    row of its last new token."""
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    attention: AttentionMetadata
+    order: list[int]
+    seqs: list[Sequence]
+    starts: list[int]
+    num_new: list[int]
+    last_rows: list[int]
+
+
+def prepare_inputs(batch: ScheduledBatch, block_size: int) -> BatchInputs:
+    order = sorted(range(len(batch)), key=lambda i: _layout_key(batch, i))
+    seqs = [batch.seqs[i] for i in order]
+    num_new = [batch.num_new_tokens[i] for i in order]
+    starts = [seq.num_computed_tokens for seq in seqs]
+    tokens: list[int] = []
+    for seq, start, n in zip(seqs, starts, num_new):
+        tokens.extend(seq.token_ids[start:start + n])
+    lens, start_t = torch.tensor(num_new), torch.tensor(starts)
+    seq_of_row = torch.repeat_interleave(torch.arange(len(seqs)), lens)
+    first_row = torch.cumsum(lens, 0) - lens
+    positions = start_t[seq_of_row] + torch.arange(len(tokens)) - first_row[seq_of_row]
+    tables = _padded(seq.block_table for seq in seqs)
+    slot_mapping = tables[seq_of_row, positions // block_size] * block_size + positions % block_size
+    num_decode = sum(1 for n in num_new if n == 1)
+    meta = AttentionMetadata(slot_mapping=slot_mapping, num_decode_tokens=num_decode)
+    if num_decode:
+        _add_decode(meta, seqs[:num_decode], [start + 1 for start in starts[:num_decode]], block_size)
+    _add_prefill(meta, seqs[num_decode:], starts[num_decode:], num_new[num_decode:], block_size)
+    last_rows = (first_row + lens - 1).tolist()
+    return BatchInputs(torch.tensor(tokens), positions, meta, order, seqs, starts, num_new, last_rows)
+
+
+def _layout_key(batch: ScheduledBatch, index: int) -> tuple[bool, int]:
+    """Decodes first, longest context first (so similar lengths share a decode group);
+    prefill chunks after, in batch order (the sort is stable)."""
+    is_prefill = batch.num_new_tokens[index] > 1
+    return is_prefill, 0 if is_prefill else -batch.seqs[index].num_computed_tokens
+
+
+def _padded(rows) -> torch.Tensor:
+    rows = list(rows)
+    width = max(len(row) for row in rows)
+    return torch.tensor([row + [0] * (width - len(row)) for row in rows])
+
+
+def _add_decode(meta: AttentionMetadata, seqs, context: list[int], block_size: int) -> None:
+    """Decode rows (sorted longest first) in groups of similar length, each padded only to
+    its own longest: padding costs gather bandwidth, a group costs a few small calls."""
+    blocks = [-(-length // block_size) for length in context]
+    for rows in _length_groups(blocks):
+        tables = _padded(seqs[i].block_table[:blocks[i]] for i in range(rows.start, rows.stop))
+        keys = torch.arange(tables.shape[1] * block_size)
+        lengths = torch.tensor(context[rows]).unsqueeze(1)
+        bias = torch.zeros(len(lengths), keys.numel()).masked_fill_(keys >= lengths, float("-inf"))
+        meta.decode_groups.append(DecodeGroup(rows, tables.flatten(), bias[None, :, None, :]))
+
+
+def _length_groups(blocks: list[int], keep: float = 0.6, min_rows: int = 8) -> list[slice]:
+    """Split rows sorted by descending block count where a row would use less than `keep`
+    of its group's width, as long as both sides keep at least `min_rows` rows (a group
+    that small costs more in calls than its padding would)."""
+    groups, first = [], 0
+    for i, count in enumerate(blocks):
+        if count < keep * blocks[first] and i - first >= min_rows and len(blocks) - i >= min_rows:
+            groups.append(slice(first, i))
+            first = i
+    groups.append(slice(first, len(blocks)))
+    return groups
+
+
+def _add_prefill(meta: AttentionMetadata, seqs, starts: list[int], lens: list[int], block_size: int) -> None:
+    """Query i of a chunk starting at s sees keys 0..s+i: its cached context and its own
+    chunk, causally. Only chunks with cached context need blocks and a mask."""
+    first = 0
+    for seq, start, n in zip(seqs, starts, lens):
+        chunk = PrefillChunk(rows=slice(first, first + n))
+        if start:
+            blocks = seq.block_table[:-(-(start + n) // block_size)]
+            chunk.blocks = torch.tensor(blocks)
+            keys = torch.arange(len(blocks) * block_size)
+            chunk.mask = keys <= (start + torch.arange(n)).unsqueeze(1)
+        meta.prefill_chunks.append(chunk)
+        first += n

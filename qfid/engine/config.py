@@ -1,0 +1,43 @@
+"""Engine settings, checked once at the boundary so a bad value fails with one clear line."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qfid.errors import QfidError
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """`num_kv_blocks=None` sizes the KV cache from `kv_cache_gb` (capped at what
+    `max_num_seqs` full-length sequences could use); `max_model_len=None` takes the model's
+    `max_position_embeddings`. `num_threads` sets torch's intra-op threads for the process
+    (None leaves torch's default; on a CPU shared with other work, fewer threads than
+    cores avoids threads waiting on each other at every small op)."""
+
+    dtype: str = "float32"
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    kv_cache_gb: float = 1.0
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise QfidError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise QfidError(f"block_size must be a power of two; got {self.block_size}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise QfidError(f"num_kv_blocks must be at least 1; got {self.num_kv_blocks}")
+        if self.kv_cache_gb <= 0:
+            raise QfidError(f"kv_cache_gb must be positive; got {self.kv_cache_gb}")
+        if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
+            raise QfidError("max_num_batched_tokens and max_num_seqs must be at least 1")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise QfidError(f"num_threads must be at least 1; got {self.num_threads}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise QfidError(f"max_model_len must be at least 2; got {self.max_model_len}")

@@ -1,0 +1,110 @@
+"""The engine loop: requests in, `step()` = schedule -> run -> postprocess, outputs out.
+
+Everything the scheduler must not know about (tokenizers, text, stop strings, logprob
+bookkeeping) happens here, around the three calls of `step()`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qfid.engine.block_manager import BlockManager
+from qfid.engine.config import EngineConfig
+from qfid.engine.detokenizer import Detokenizer, stop_string_cut
+from qfid.engine.model_runner import ModelRunner, StepOutput, kv_block_bytes
+from qfid.engine.outputs import RequestOutput
+from qfid.engine.sampling import SamplingParams
+from qfid.engine.scheduler import ScheduledBatch, Scheduler
+from qfid.engine.sequence import Sequence
+from qfid.errors import QfidError
+
+
+@dataclass
+class Request:
+    """Engine-side state of a request that the scheduler's Sequence does not carry."""
+
+    seq: Sequence
+    text_end: int | None = None  # where a stop string cut the text
+
+
+class LLMEngine:
+    def __init__(self, model, tokenizer, config: EngineConfig, eos_token_ids: frozenset[int]):
+        self.config = config
+        self.detokenizer = Detokenizer(tokenizer)
+        self.max_model_len = config.max_model_len or model.config.max_position_embeddings
+        self.vocab_size = model.embed_tokens.num_embeddings
+        num_blocks = config.num_kv_blocks or default_num_blocks(model, config, self.max_model_len)
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
+                                   self.max_model_len, eos_token_ids)
+        self.model_runner = ModelRunner(model, num_blocks, config.block_size)
+        self.requests: dict[int, Request] = {}
+
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None) -> int:
+        token_ids = self.detokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not token_ids:
+            raise QfidError("the prompt is empty")
+        if min(token_ids) < 0 or max(token_ids) >= self.vocab_size:
+            raise QfidError(f"prompt token ids must be in [0, {self.vocab_size}); a bad id would fail the whole batch")
+        seq = Sequence(token_ids, params or SamplingParams())
+        self.scheduler.add(seq)
+        self.requests[seq.seq_id] = Request(seq)
+        return seq.seq_id
+
+    def abort(self, request_id: int) -> None:
+        request = self.requests.pop(request_id, None)
+        if request is not None:
+            self.scheduler.finish(request.seq, "abort")
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        """One forward pass; outputs of the requests that advanced (finished ones last seen here)."""
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        output = self.model_runner.run(batch)
+        record_logprobs(batch, output)
+        self.scheduler.postprocess(batch, output.token_ids)
+        return [self._output(seq) for seq, token in zip(batch.seqs, output.token_ids) if token is not None]
+
+    def _output(self, seq: Sequence) -> RequestOutput:
+        request = self.requests[seq.seq_id]
+        text = self.detokenizer.text(seq.output_token_ids)
+        if seq.params.stop and request.text_end is None:
+            request.text_end = stop_string_cut(text, seq.params.stop)
+            if request.text_end is not None:
+                self.scheduler.finish(seq, "stop")
+                seq.finish_reason = "stop"  # also when the same token hit max_tokens
+        if request.text_end is not None:
+            text = text[:request.text_end]
+        if seq.is_finished:
+            del self.requests[seq.seq_id]
+        params = seq.params
+        return RequestOutput(
+            request_id=seq.seq_id,
+            prompt_token_ids=seq.token_ids[:seq.num_prompt_tokens],
+            token_ids=seq.output_token_ids,
+            text=text,
+            finish_reason=seq.finish_reason,
+            logprobs=list(seq.output_logprobs) if params.logprobs is not None else None,
+            prompt_logprobs=list(seq.prompt_logprobs) if params.prompt_logprobs is not None else None,
+        )
+
+
+def record_logprobs(batch: ScheduledBatch, output: StepOutput) -> None:
+    """Append this step's logprob entries; prompt positions arrive in order and a position
+    already scored before a preemption is not scored twice."""
+    for seq, entry, prompt_entries in zip(batch.seqs, output.logprobs, output.prompt_logprobs):
+        if entry is not None:
+            seq.output_logprobs.append(entry)
+        for position in sorted(prompt_entries):
+            if position == len(seq.prompt_logprobs):
+                seq.prompt_logprobs.append(prompt_entries[position])
+
+
+def default_num_blocks(model, config: EngineConfig, max_model_len: int) -> int:
+    """As many blocks as `kv_cache_gb` holds, but no more than max_num_seqs full sequences use."""
+    by_memory = int(config.kv_cache_gb * 2**30) // kv_block_bytes(model, config.block_size)
+    by_need = config.max_num_seqs * -(-max_model_len // config.block_size)
+    return max(1, min(by_memory, by_need))

@@ -1,0 +1,44 @@
+"""Mixtral-style sparse MoE for the runtime: a softmax router picks the top-k experts per
+token, their weights are renormalised to sum to one, and each expert is a SwiGLU MLP.
+
+transformers 5 stores the experts fused (`gate_up_proj` [E, 2I, H], `down_proj` [E, H, I])
+and the router as `gate.weight` [E, H]. The expert loop runs over *experts*, not tokens:
+tokens are grouped by the expert they chose, each expert does one matmul over its group,
+and results are added back in expert order as transformers does, so the sums agree bit
+for bit (`index_put_(accumulate=True)` rather than `index_add_`, whose thread fan-out costs
+milliseconds per call on a busy CPU; a token meets each expert at most once, so the two are
+the same sum). If a quantizer replaced the fused experts with its own module, that
+module is called with transformers' (hidden, top_k_index, top_k_weights) signature.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class SparseMoE(nn.Module):
+    def __init__(self, hf_block: nn.Module, config):
+        super().__init__()
+        self.router_weight = hf_block.gate.weight
+        self.experts = hf_block.experts
+        self.top_k = config.num_experts_per_tok
+        self.fused = isinstance(getattr(self.experts, "gate_up_proj", None), torch.Tensor)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights [T, k], fp32 as in transformers, expert ids [T, k])."""
+        probs = F.linear(x, self.router_weight).float().softmax(dim=-1)
+        weights, experts = probs.topk(self.top_k, dim=-1)
+        return weights / weights.sum(dim=-1, keepdim=True), experts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, experts = self.route(x)
+        if not self.fused:
+            return self.experts(x, experts, weights)
+        out = torch.zeros_like(x)
+        for expert in experts.unique().tolist():
+            token_rows, slot = torch.where(experts == expert)
+            gate, up = F.linear(x[token_rows], self.experts.gate_up_proj[expert]).chunk(2, dim=-1)
+            y = F.linear(F.silu(gate) * up, self.experts.down_proj[expert])
+            out.index_put_((token_rows,), (y * weights[token_rows, slot, None]).to(out.dtype), accumulate=True)
+        return out
