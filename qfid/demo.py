@@ -42,7 +42,7 @@ class SchemeRow:
 
 
 def run_demo(output: str | Path = "out/demo", reports: str | Path = "reports", full: bool = False,
-             backend: str = "hf") -> dict:
+             backend: str = "engine") -> dict:
     console = Console()
     out, reports = Path(output), Path(reports)
     models = {BASELINE: ensure_default_model(), **_quantize_missing(out, console)}

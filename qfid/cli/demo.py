@@ -19,7 +19,7 @@ def demo_command(
     output: str = typer.Option("out/demo", "--output", "-o", help="Where the quantized checkpoints go."),
     reports: str = typer.Option("reports", "--reports", help="Where eval runs (runs/) and the report (demo/) go."),
     full: bool = typer.Option(False, "--full", help="Evaluate every item instead of the default per-suite limit."),
-    backend: str = typer.Option("hf", "--backend", help="Eval backend: hf (engine once available)."),
+    backend: str = typer.Option("engine", "--backend", help="Eval backend: engine | hf."),
 ) -> None:
     from qfid.demo import run_demo
 

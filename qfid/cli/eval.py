@@ -28,7 +28,7 @@ def eval_command(
     model: str = MODEL_ARG,
     suite: str = typer.Option(..., "--suite", "-s", help="Comma-separated suite names or suite.yaml paths."),
     name: str = typer.Option(..., "--name", "-n", help="Run name: results go to RUNS_DIR/NAME."),
-    backend: str = typer.Option("hf", "--backend", "-b", help="hf | openai"),
+    backend: str = typer.Option("engine", "--backend", "-b", help="engine (qfid's paged runtime) | hf | openai"),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="openai backend: the server's /v1 URL."),
     limit: Optional[int] = typer.Option(None, "--limit", help="About N items per suite: a seeded sample of whole groups (parallel languages stay together), so at least N."),
     seed: int = typer.Option(0, "--seed", help="Seed for the --limit sample."),

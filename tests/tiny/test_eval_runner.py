@@ -42,7 +42,7 @@ def test_eval_writes_a_run_pandas_reads(tiny_llama_dir, tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["identity"]["limit"] == 3
     assert set(manifest["results"]) == {"legal", "finance", "general-ppl"}
-    assert manifest["model"]["backend"] == "hf" and manifest["model"]["architecture"] == "LlamaForCausalLM"
+    assert manifest["model"]["backend"] == "engine" and manifest["model"]["architecture"] == "LlamaForCausalLM"
     records = pd.read_parquet(run / "records.parquet")
     assert len(records) == 9 and not (run / "records").exists()
     legal = records[records.suite == "legal"]

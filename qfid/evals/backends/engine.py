@@ -31,9 +31,14 @@ class EngineBackend(TokenScoring):
         return cls(llm, batch_size=batch_size, model_dir=llm.model_dir)
 
     def describe(self) -> dict:
+        from qfid.models.loading import quantization_method, read_config
+
         config = self.llm.engine.config
-        return {"backend": self.name, "model_dir": str(self.model_dir or ""), "dtype": str(config.dtype),
-                "batch_size": self.batch_size, "block_size": config.block_size}
+        model_config = read_config(Path(self.model_dir)) if self.model_dir else {}
+        return {"backend": self.name, "model_dir": str(self.model_dir or ""),
+                "architecture": (model_config.get("architectures") or [None])[0], "dtype": str(config.dtype),
+                "quantization": quantization_method(model_config), "batch_size": self.batch_size,
+                "block_size": config.block_size}
 
     def format_chat(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
