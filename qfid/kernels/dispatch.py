@@ -1,0 +1,117 @@
+"""Pick a kernel backend per device and route the quantized matmuls to it.
+
+Order: CUDA -> Triton on a GPU, qfid's CPU kernels on a CPU, the torch reference last.
+Nothing here imports triton, compiles CUDA or needs a GPU until a call actually runs on
+such a device, so `import qfid` stays cheap everywhere. `QFID_KERNEL=reference|triton|
+cuda|cpu` forces a backend (for tests and side-by-side comparisons); a forced backend that
+cannot run on the device is an error rather than a silent fallback. Each (device type,
+backend) choice is logged once.
+
+Every backend module exposes the same three functions:
+`prepare_int4(qweight, qzeros, scales, group_size) -> dict`,
+`int4_linear(x, prepared_dict, bias)` and
+`fp8_linear(x, weight, weight_scale, bias, input_scale, quantize_activations)`.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from qfid.errors import QfidError
+
+log = logging.getLogger(__name__)
+
+KERNEL_ENV = "QFID_KERNEL"
+BACKENDS = ("cuda", "triton", "cpu", "reference")
+_AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+_MODULES = {"cuda": "qfid.kernels.cuda_ops", "triton": "qfid.kernels.triton_ops",
+            "cpu": "qfid.kernels.cpu", "reference": "qfid.kernels.reference"}
+_logged: set[tuple[str, str]] = set()
+
+
+def _unavailable(backend: str, device: torch.device) -> str | None:
+    """Why `backend` cannot run on `device`; None when it can."""
+    if backend == "reference":
+        return None
+    if backend == "cpu":
+        return None if device.type == "cpu" else "the CPU kernels take CPU tensors"
+    return _module(backend).unavailable(device)
+
+
+def _module(backend: str) -> ModuleType:
+    return importlib.import_module(_MODULES[backend])
+
+
+def forced_backend() -> str | None:
+    value = os.environ.get(KERNEL_ENV, "").strip().lower()
+    if value and value not in BACKENDS:
+        raise QfidError(f"{KERNEL_ENV}={value!r} is not one of {', '.join(BACKENDS)}")
+    return value or None
+
+
+def select_backend(device: torch.device | str) -> str:
+    """The backend that runs quantized matmuls on `device` (see the module docstring)."""
+    device = torch.device(device)
+    forced = forced_backend()
+    if forced:
+        reason = _unavailable(forced, device)
+        if reason:
+            raise QfidError(f"{KERNEL_ENV}={forced} cannot run on {device.type}: {reason}")
+        chosen = forced
+    else:
+        chosen = next(b for b in _AUTO_ORDER.get(device.type, ("reference",)) if not _unavailable(b, device))
+    if (device.type, chosen) not in _logged:
+        _logged.add((device.type, chosen))
+        log.info("qfid kernels: %s backend on %s%s", chosen, device.type, " (forced)" if forced else "")
+    return chosen
+
+
+@dataclass(frozen=True)
+class PreparedInt4:
+    """An INT4 weight repacked once for one backend on one device (see `prepare_int4`)."""
+
+    backend: str
+    device: torch.device
+    tensors: dict
+
+    def usable_for(self, backend: str, device: torch.device) -> bool:
+        return self.backend == backend and self.device == device
+
+
+def prepare_int4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
+                 reuse: PreparedInt4 | None = None) -> PreparedInt4:
+    """Repack AutoAWQ GEMM tensors for the backend of their device, once. `reuse` is
+    returned as it is when it still fits (same backend and device), so a module can call
+    this on every forward and pay only on the first call or after a move; it must drop its
+    copy itself when the buffers change in place (load_state_dict)."""
+    backend = select_backend(qweight.device)
+    if reuse is not None and reuse.usable_for(backend, qweight.device):
+        return reuse
+    tensors = _module(backend).prepare_int4(qweight, qzeros, scales, group_size)
+    return PreparedInt4(backend, qweight.device, tensors)
+
+
+def int4_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                group_size: int, bias: torch.Tensor | None = None,
+                prepacked: PreparedInt4 | None = None) -> torch.Tensor:
+    """`x @ W^T + bias` for W in AutoAWQ GEMM layout; `prepacked` from `prepare_int4` skips
+    the per-call repack (without it every call repacks, which is only fit for tests)."""
+    backend = select_backend(x.device)
+    if prepacked is None or not prepacked.usable_for(backend, x.device):
+        prepacked = PreparedInt4(backend, x.device, _module(backend).prepare_int4(qweight, qzeros, scales, group_size))
+    return _module(backend).int4_linear(x, prepacked.tensors, bias)
+
+
+def fp8_linear(x: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Tensor,
+               bias: torch.Tensor | None = None, input_scale: torch.Tensor | None = None,
+               quantize_activations: bool = True) -> torch.Tensor:
+    """`act(x) @ (weight_fp8 * weight_scale)^T + bias`, the semantics of `Fp8Linear`:
+    activations are rounded through E4M3 (static `input_scale`, else per token) unless
+    `quantize_activations` is False (weight-only FP8)."""
+    backend = _module(select_backend(x.device))
+    return backend.fp8_linear(x, weight_fp8, weight_scale, bias, input_scale, quantize_activations)

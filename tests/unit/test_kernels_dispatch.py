@@ -1,0 +1,95 @@
+"""Backend selection: automatic per device, forced with QFID_KERNEL, logged once, lazy
+imports, and the public entry points agreeing with the quantized Linear modules."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from qfid.errors import QfidError
+from qfid.kernels import dispatch, fp8_linear, int4_linear, prepare_int4, select_backend
+from qfid.quant.linear import Fp8Linear, Int4Linear
+from tests.unit.test_kernels_reference import TOL, awq_case, random_fp8, rel_err
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    monkeypatch.delenv("QFID_KERNEL", raising=False)
+    monkeypatch.setattr(dispatch, "_logged", set())
+
+
+def test_cpu_tensors_get_the_cpu_backend():
+    assert select_backend("cpu") == "cpu"
+
+
+def test_forcing_each_cpu_capable_backend(monkeypatch):
+    monkeypatch.setenv("QFID_KERNEL", "reference")
+    assert select_backend("cpu") == "reference"
+    monkeypatch.setenv("QFID_KERNEL", " CPU ")
+    assert select_backend("cpu") == "cpu"
+
+
+def test_bad_or_impossible_forcing_is_an_error(monkeypatch):
+    monkeypatch.setenv("QFID_KERNEL", "tpu")
+    with pytest.raises(QfidError, match="not one of"):
+        select_backend("cpu")
+    monkeypatch.setenv("QFID_KERNEL", "cuda")
+    with pytest.raises(QfidError, match="cannot run on cpu"):
+        select_backend("cpu")
+
+
+def test_choice_is_logged_once(caplog):
+    with caplog.at_level(logging.INFO, logger="qfid.kernels.dispatch"):
+        for _ in range(3):
+            select_backend("cpu")
+    assert [r.getMessage() for r in caplog.records] == ["qfid kernels: cpu backend on cpu"]
+
+
+def test_importing_needs_no_triton_or_build():
+    code = ("import sys, qfid.kernels, qfid.kernels.dispatch; "
+            "bad = [m for m in ('triton', 'qfid.kernels.cpu_build', 'qfid.kernels.cuda_ops') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int4_linear_matches_int4linear(monkeypatch, backend, dtype):
+    monkeypatch.setenv("QFID_KERNEL", backend)
+    x, q, _, bias, ref = awq_case(3, 80, 96, 32, dtype)
+    layer = Int4Linear.from_int4(q, bias.to(dtype))
+    prepared = prepare_int4(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+    assert prepared.backend == backend
+    y = int4_linear(x, layer.qweight, layer.qzeros, layer.scales, layer.group_size, layer.bias, prepacked=prepared)
+    assert y.shape == layer(x).shape and y.dtype == dtype
+    # the module's reference rounds its dense weight to bf16, hence 2x for bf16
+    assert rel_err(y, ref) < TOL[dtype] * 2
+    assert rel_err(layer(x), ref) < TOL[dtype] * 2
+
+
+def test_prepared_for_another_backend_is_repacked(monkeypatch):
+    x, _, (qw, qz, sc), bias, ref = awq_case(1, 80, 96, 32, torch.float32)
+    monkeypatch.setenv("QFID_KERNEL", "reference")
+    stale = prepare_int4(qw, qz, sc, 32)
+    assert prepare_int4(qw, qz, sc, 32, reuse=stale) is stale
+    monkeypatch.setenv("QFID_KERNEL", "cpu")
+    assert not stale.usable_for("cpu", x.device)
+    assert rel_err(int4_linear(x, qw, qz, sc, 32, bias, prepacked=stale), ref) < TOL[torch.float32]
+    fresh = prepare_int4(qw, qz, sc, 32, reuse=stale)
+    assert fresh.backend == "cpu" and fresh is not stale
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("quantize,static", [(False, False), (True, False), (True, True)])
+def test_fp8_linear_matches_fp8linear(monkeypatch, backend, quantize, static):
+    monkeypatch.setenv("QFID_KERNEL", backend)
+    f = random_fp8(72, 96, per_channel=True)
+    x = torch.randn(3, 96)
+    if static:
+        f.input_scale = (x.abs().amax() / 448).reshape(1)
+    layer = Fp8Linear.from_fp8(f, quantize_activations=quantize)
+    y = fp8_linear(x, f.weight, f.scale, None, f.input_scale, quantize_activations=quantize)
+    assert rel_err(y, layer(x).double()) < TOL[torch.float32]

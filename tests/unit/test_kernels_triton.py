@@ -1,0 +1,123 @@
+"""The Triton kernels under TRITON_INTERPRET=1 on CPU tensors, against float64.
+
+The interpreter runs each program in numpy, so shapes stay small; the interpreter's own
+launch table (kernels/triton/configs.py) uses 16/32-wide blocks so these shapes still
+cover several programs, partial blocks and the split-K path. Skipped without triton.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere in this process
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from qfid.kernels import dispatch, reference, triton_ops  # noqa: E402
+from qfid.quant.packing import pack_ct_int4  # noqa: E402
+from tests.unit import test_kernels_reference as cases  # noqa: E402
+
+
+@pytest.mark.parametrize("n,k,group", [(80, 96, 32), (72, 192, 64)])
+def test_awq_dequantize_exact(n, k, group):
+    _, q, (qw, qz, sc), _, _ = cases.awq_case(1, n, k, group, torch.float32)
+    w = triton_ops.awq_dequantize(qw, qz, sc, group, torch.float32)
+    assert torch.equal(w, q.dequantize(torch.float32))
+
+
+@pytest.mark.parametrize("n,k,group", [(80, 96, 32), (77, 192, 64)])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_ct_dequantize_exact(n, k, group, symmetric):
+    q = cases.random_int4(n, k, group)
+    t = pack_ct_int4(q)
+    if symmetric:  # no zero point stored: code 8 is zero
+        q.zeros.fill_(8)
+        t.pop("weight_zero_point")
+    w = triton_ops.ct_dequantize(t["weight_packed"], t.get("weight_zero_point"), t["weight_scale"], group,
+                                 (n, k), torch.float32)
+    assert torch.equal(w, q.dequantize(torch.float32))
+
+
+@pytest.mark.parametrize("m,n,k,group", cases.INT4_CASES)
+@pytest.mark.parametrize("dtype", cases.DTYPES)
+def test_w4a16_gemm_matches_float64(m, n, k, group, dtype):
+    x, _, (qw, qz, sc), bias, ref = cases.awq_case(m, n, k, group, dtype, seed=m)
+    y = triton_ops.w4a16_gemm(x, qw, qz, sc, group, bias.to(dtype))
+    assert y.dtype == dtype and y.shape == (m, n)
+    assert cases.rel_err(y, ref) < cases.TOL[dtype]
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_fp8_dequantize_every_code(per_channel):
+    w = cases.all_e4m3_codes(8)
+    scale = torch.rand(8, 1) + 0.5 if per_channel else torch.rand(1) + 0.5
+    out = triton_ops.fp8_dequantize(w, scale, torch.float32)
+    assert torch.equal(out, cases.e4m3_decode(w).float() * scale)
+
+
+@pytest.mark.parametrize("m", [1, 3, 17])
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("dtype", cases.DTYPES)
+def test_fp8_gemm_weight_only(m, per_channel, dtype):
+    f = cases.random_fp8(72, 100, per_channel, seed=m)   # K = 100: a partial K block
+    x, bias = torch.randn(m, 100).to(dtype), torch.randn(72)
+    y = triton_ops.fp8_gemm(x, f.weight, f.scale, bias.to(dtype))
+    ref = x.double() @ f.dequantize(torch.float64).T + bias.double()
+    assert y.dtype == dtype and cases.rel_err(y, ref) < cases.TOL[dtype]
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_fp8_gemm_with_fp8_activations(static):
+    f = cases.random_fp8(80, 96, per_channel=True)
+    x = torch.randn(17, 96)
+    input_scale = (x.abs().amax() / 448).reshape(1) if static else None
+    xq, x_scale = triton_ops.quantize_rows_fp8(x, input_scale)
+    y = triton_ops.fp8_gemm(xq, f.weight, f.scale, None, x_scale, out_dtype=torch.float32)
+    ref = (xq.double() * x_scale.double()[:, None]) @ f.dequantize(torch.float64).T
+    assert cases.rel_err(y, ref) < cases.TOL[torch.float32]
+
+
+def paged_reference(q, k_cache, v_cache, block_tables, lens, scale):
+    """Float64 attention per sequence over its gathered context, K/V heads repeated."""
+    blocks, block_size, kv_heads, dim = k_cache.shape
+    heads = q.shape[1]
+    outs = []
+    for b, length in enumerate(lens.tolist()):
+        slots = (block_tables[b].long()[:, None] * block_size + torch.arange(block_size)).reshape(-1)[:length]
+        k = k_cache.reshape(-1, kv_heads, dim)[slots].double().repeat_interleave(heads // kv_heads, 1)
+        v = v_cache.reshape(-1, kv_heads, dim)[slots].double().repeat_interleave(heads // kv_heads, 1)
+        p = (torch.einsum("hd,lhd->hl", q[b].double(), k) * scale).softmax(-1)
+        outs.append(torch.einsum("hl,lhd->hd", p, v))
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("heads,kv_heads,dim", [(6, 2, 24), (4, 4, 32), (8, 1, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_paged_attention_decode(heads, kv_heads, dim, dtype):
+    g = torch.Generator().manual_seed(heads)
+    blocks, block_size = 12, 16
+    lens = torch.tensor([1, 17, 40], dtype=torch.int32)   # one slot, a block edge + 1, partial
+    tables = torch.stack([torch.randperm(blocks, generator=g)[:4] for _ in lens]).int()
+    q = torch.randn(3, heads, dim, generator=g).to(dtype)
+    k_cache = torch.randn(blocks, block_size, kv_heads, dim, generator=g).to(dtype)
+    v_cache = torch.randn(blocks, block_size, kv_heads, dim, generator=g).to(dtype)
+    out = triton_ops.paged_attention_decode(q, k_cache, v_cache, tables, lens, dim ** -0.5)
+    assert out.dtype == dtype
+    assert cases.rel_err(out, paged_reference(q, k_cache, v_cache, tables, lens, dim ** -0.5)) < cases.TOL[dtype]
+
+
+def test_dispatch_forced_to_triton(monkeypatch):
+    monkeypatch.setenv("QFID_KERNEL", "triton")
+    x, _, (qw, qz, sc), bias, ref = cases.awq_case(3, 80, 96, 32, torch.float16)
+    prepared = dispatch.prepare_int4(qw, qz, sc, 32)
+    assert prepared.backend == "triton"
+    y = dispatch.int4_linear(x, qw, qz, sc, 32, bias.half(), prepacked=prepared)
+    assert cases.rel_err(y, ref) < cases.TOL[torch.float16]
+    f = cases.random_fp8(72, 96, per_channel=False)
+    y8 = dispatch.fp8_linear(x, f.weight, f.scale, quantize_activations=False)
+    assert cases.rel_err(y8, x.double() @ f.dequantize(torch.float64).T) < cases.TOL[torch.float16]
+    xf = x.float()  # W8A8: E4M3 activations on the (emulated) FP8 MMA, per-token scales
+    w8a8 = reference.fp8_linear(xf, f.weight, f.scale, None, None, True)
+    assert cases.rel_err(dispatch.fp8_linear(xf, f.weight, f.scale), w8a8.double()) < cases.TOL[torch.float32]
