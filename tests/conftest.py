@@ -28,3 +28,10 @@ def default_model_dir():
     from qfid.models.default import ensure_default_model
 
     return ensure_default_model()
+
+
+@pytest.fixture
+def reference_kernels(monkeypatch):
+    """Run quantized layers through the torch reference (dequantize, then F.linear) for tests
+    that check exact decoding; the fast kernels are checked against it in test_kernels_*."""
+    monkeypatch.setenv("QFID_KERNEL", "reference")

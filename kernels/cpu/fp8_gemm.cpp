@@ -12,6 +12,7 @@
 // (The E4M3 NaN code reads as 480: the quantizer clamps to +-448 and never writes it.)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -189,7 +190,11 @@ at::Tensor dequant_chunks(const at::Tensor& w, const at::Tensor& rows, const at:
   at::Tensor y = at::empty({x.size(0), N}, x.options());
   const uint8_t* wp = w.data_ptr<uint8_t>();
   const float* sp = row_scale.data_ptr<float>();
+  // Worker threads do not inherit the caller's InferenceMode; the ATen calls below need it
+  // when x is an inference tensor (a model run under torch.inference_mode()).
+  const bool inference = c10::InferenceMode::is_enabled();
   at::parallel_for(0, (N + kChunkRows - 1) / kChunkRows, 1, [&](int64_t c0, int64_t c1) {
+    c10::InferenceMode guard(inference);
     at::Tensor chunk = at::empty({std::min(N, kChunkRows), K}, x.options());
     char* cp = static_cast<char*>(chunk.data_ptr());
     for (int64_t c = c0; c < c1; ++c) {

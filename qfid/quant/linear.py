@@ -2,18 +2,18 @@
 
 `Int4Linear` keeps the AutoAWQ GEMM tensors (`qweight`, `qzeros`, `scales`) as buffers, so
 its state dict uses the checkpoint's names and a fast kernel can read the buffers as they
-are. `Fp8Linear` keeps the float8 weight and its scales. Both compute through a reference
-path on any device: dequantize, then `F.linear`. `_matmul(x)` is the single seam where
-`qfid.kernels.dispatch` later routes to CUDA / Triton / CPU kernels.
+are. `Fp8Linear` keeps the float8 weight and its scales. `_matmul(x)` is the single seam
+where `qfid.kernels` routes to the fastest kernel for the device (CUDA -> Triton -> CPU ->
+the torch reference: dequantize, then `F.linear`); `QFID_KERNEL=reference` forces the
+reference, which `dequantize()` always is.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qfid.quant.packing import SCALE_DTYPE, pack_awq_gemm, unpack_awq_gemm
-from qfid.quant.primitives import Fp8Weight, Int4Weight, fp8_dequantize, fp8_fake_quantize_activation
+from qfid.quant.primitives import Fp8Weight, Int4Weight, fp8_dequantize
 
 
 class _QuantizedLinear(nn.Module):
@@ -41,6 +41,7 @@ class Int4Linear(_QuantizedLinear):
         buffers = {"qweight": qweight, "qzeros": qzeros, "scales": scales}
         super().__init__(qweight.shape[0], scales.shape[1], buffers, bias)
         self.group_size = group_size
+        self._prepared = None   # the kernel's repacked copy, made on first use; never saved
 
     @classmethod
     def from_int4(cls, q: Int4Weight, bias: torch.Tensor | None = None,
@@ -57,7 +58,14 @@ class Int4Linear(_QuantizedLinear):
         return self.int4_weight().dequantize(dtype)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantize(x.dtype), self.bias)
+        from qfid.kernels import int4_linear, prepare_int4
+
+        self._prepared = prepare_int4(self.qweight, self.qzeros, self.scales, self.group_size, reuse=self._prepared)
+        return int4_linear(x, self.qweight, self.qzeros, self.scales, self.group_size, self.bias, prepacked=self._prepared)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._prepared = None   # new buffers: the repacked copy is stale
+        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -87,9 +95,9 @@ class Fp8Linear(_QuantizedLinear):
         return fp8_dequantize(self.fp8_weight(), dtype)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quantize_activations:
-            x = fp8_fake_quantize_activation(x, self.input_scale)
-        return F.linear(x, self.dequantize(x.dtype), self.bias)
+        from qfid.kernels import fp8_linear
+
+        return fp8_linear(x, self.weight, self.weight_scale, self.bias, self.input_scale, self.quantize_activations)
 
     def extra_repr(self) -> str:
         scale = "channel" if self.weight_scale.numel() > 1 else "tensor"

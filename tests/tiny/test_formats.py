@@ -25,6 +25,8 @@ from qfid.quant.linear import Fp8Linear, Int4Linear
 from qfid.quant.packing import as_stored
 from qfid.quant.primitives import Int4Weight, fp8_fake_quantize_activation, fp8_quantize, int4_quantize
 
+pytestmark = pytest.mark.usefixtures("reference_kernels")  # exact decoding: the torch reference path
+
 GROUP = 64
 IDS = torch.tensor([[3, 17, 42, 99, 7, 250, 11, 64]])
 

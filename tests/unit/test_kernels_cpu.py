@@ -128,3 +128,20 @@ def test_fp8_kernel_decodes_every_code_exactly(rows, batch):
     y = torch.cat([cpu.fp8_linear(eye[i: i + batch], w, scale, None, None, quantize_activations=False)
                    for i in range(0, 256, batch)])
     assert torch.equal(y.T, cases.e4m3_decode(w).float() * scale)
+
+
+@needs_kernels
+@pytest.mark.parametrize("batch", [4, 300])   # the streamed path and the threaded dequantize + GEMM path
+def test_kernels_run_under_inference_mode(batch):
+    """Models are evaluated under torch.inference_mode(): the kernels' worker threads must
+    not trip over inference tensors (they do not inherit the caller's mode)."""
+    f = cases.random_fp8(192, 256, True, seed=batch)
+    q = cases.random_int4(192, 256, 64, seed=batch)
+    with torch.inference_mode():
+        x = torch.randn(batch, 256)
+        y = cpu.fp8_linear(x, f.weight, f.scale, None, None, quantize_activations=False)
+        ref = x.double() @ f.dequantize(torch.float64).T
+        assert cases.rel_err(y, ref) < cases.TOL[torch.float32]
+        prepared = cpu.prepare_int4(*pack_awq_gemm(q), 64)
+        y4 = cpu.int4_linear(x, prepared, None)
+        assert cases.rel_err(y4, x.double() @ q.dequantize(torch.float64).T) < cases.TOL[torch.float32]

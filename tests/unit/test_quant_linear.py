@@ -2,12 +2,15 @@
 primitives dequantize, and FP8 rounds activations the way the serving kernel would."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from qfid.quant.linear import Fp8Linear, Int4Linear
 from qfid.quant.packing import as_stored
 from qfid.quant.primitives import fp8_fake_quantize_activation, fp8_quantize, int4_quantize
+
+pytestmark = pytest.mark.usefixtures("reference_kernels")  # exact decoding: the torch reference path
 
 
 def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
