@@ -13,7 +13,7 @@ import typer
 from qfid.cli import demo, models, quantize, suites
 from qfid.cli import eval as eval_cli
 from qfid.cli import compare, gate, report
-from qfid.cli import generate, serve
+from qfid.cli import bench, generate, serve
 from qfid.errors import QfidError
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.command("gate", help=gate.HELP)(gate.gate_command)
 app.command("report", help=report.HELP)(report.report_command)
 app.command("serve", help=serve.HELP)(serve.serve_command)
 app.command("generate", help=generate.HELP)(generate.generate_command)
+app.command("bench", help=bench.HELP)(bench.bench_command)
 
 
 def main() -> None:

@@ -1,0 +1,421 @@
+"""`qfid bench`: replay one workload against the qfid engine and HF transformers (static
+batching and its own continuous batching), and report throughput, latency, memory and CPU.
+
+Each engine runs in its own worker process by default (`python -m qfid.engine.bench JOB
+OUT`), so its peak RSS is its own and not the high-water mark of whatever ran before it.
+Every engine gets a warm-up request before the clock starts and is told to produce exactly
+each request's `output_len` tokens (EOS ignored), so tokens/s compares equal work.
+Wall time on a CPU shared with other work is noisy; CPU seconds are recorded next to it.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qfid.engine.workload import BenchRequest
+from qfid.errors import QfidError
+
+ENGINES = ("qfid", "hf-static", "hf-cb")
+SCHEMES = {"fp32": "float32", "bf16": "bfloat16", "awq-int4": "float32", "fp8": "float32"}
+REQUIRED_KEYS = ("engine", "output_tokens_per_s", "requests_per_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s",
+                 "peak_rss_mb")
+
+
+@dataclass
+class BenchSpec:
+    """How every engine loads the model; the qfid-only fields size its KV cache and step."""
+
+    model_dir: str
+    dtype: str = "float32"
+    threads: int | None = None
+    hf_batch: int = 16
+    kv_cache_gb: float = 1.0
+    max_num_batched_tokens: int = 2048
+
+
+@dataclass
+class Trace:
+    """One request's life on absolute `perf_counter` seconds."""
+
+    arrival: float
+    first_token: float | None = None
+    finish: float | None = None
+    token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class EngineResult:
+    """`record` is the JSON line for this engine; `output_lens` lets callers check that
+    every request got exactly the tokens it asked for. `note` explains a skipped engine."""
+
+    record: dict
+    output_lens: list[int] = field(default_factory=list)
+    note: str | None = None
+
+
+# --- choosing what to load -------------------------------------------------------------
+
+def resolve_model(model: str, scheme: str, cache_root: Path | None = None) -> tuple[Path, str]:
+    """(model folder, activation dtype). fp32/bf16 run the model as given; awq-int4/fp8 use
+    MODEL if it is already quantized, else quantize it once into the cache and reuse that."""
+    from qfid.models.loading import quantization_method, read_config, resolve_model_dir
+    from qfid.paths import cache_dir
+
+    if scheme not in SCHEMES:
+        raise QfidError(f"scheme must be one of {', '.join(SCHEMES)}; got {scheme!r}")
+    model_dir = resolve_model_dir(model)
+    if scheme in ("fp32", "bf16") or quantization_method(read_config(model_dir)) is not None:
+        return model_dir, SCHEMES[scheme]
+    target = (cache_root or cache_dir() / "bench") / f"{model_dir.name}-{scheme}"
+    if not (target / "config.json").is_file():
+        from qfid.config import QuantConfig
+        from qfid.quant.pipeline import quantize_model
+
+        quantize_model(str(model_dir), QuantConfig(scheme=scheme), target)
+    return target, SCHEMES[scheme]
+
+
+# --- running the engines ---------------------------------------------------------------
+
+def run_all(engines: list[str], spec: BenchSpec, workload: list[BenchRequest], isolate: bool = True,
+            progress=None) -> list[EngineResult]:
+    """One result per engine, in the order asked; an hf-cb failure becomes a skip note, and
+    an engine that did not produce exactly the requested tokens gets a note saying so."""
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown or not engines:
+        raise QfidError(f"engines must be among {', '.join(ENGINES)}; got {', '.join(engines) or 'none'}")
+    results = []
+    for engine in engines:
+        if progress:
+            progress(engine)
+        try:
+            result = run_isolated(engine, spec, workload) if isolate else run_engine(engine, spec, workload)
+        except Exception as exc:  # noqa: BLE001 - HF's CB API is young; its failure must not sink the run
+            if engine != "hf-cb":
+                raise
+            result = EngineResult({"engine": engine}, note=f"skipped: {exc}".splitlines()[0][:200])
+        else:
+            _check_token_counts(result, workload)
+        results.append(result)
+    return results
+
+
+def _check_token_counts(result: EngineResult, workload: list[BenchRequest]) -> None:
+    """Throughput only compares equal work; say so loudly when the work was not equal."""
+    wrong = sum(got != r.output_len for got, r in zip(result.output_lens, workload))
+    wrong += abs(len(result.output_lens) - len(workload))
+    result.record["tokens_as_requested"] = wrong == 0
+    if wrong:
+        result.note = f"{wrong} requests did not get exactly their requested output tokens"
+
+
+def run_isolated(engine: str, spec: BenchSpec, workload: list[BenchRequest]) -> EngineResult:
+    """Run one engine in a fresh interpreter so its peak RSS is its own."""
+    with tempfile.TemporaryDirectory(prefix="qfid-bench-") as tmp:
+        job, out = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        job.write_text(json.dumps({"engine": engine, "spec": asdict(spec),
+                                   "workload": [r.to_dict() for r in workload]}))
+        proc = subprocess.run([sys.executable, "-m", "qfid.engine.bench", str(job), str(out)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+            raise QfidError(f"{engine} worker failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
+        data = json.loads(out.read_text())
+    result = EngineResult(data["record"], data["output_lens"])
+    result.record["rss_isolated"] = True
+    return result
+
+
+def run_engine(engine: str, spec: BenchSpec, workload: list[BenchRequest]) -> EngineResult:
+    """Load, warm up, replay the workload and summarize, all in this process. A runner
+    returns (replay, finish): `finish` runs off the clock, releases what the engine holds
+    and returns its own fields (the KV-cache figures for qfid)."""
+    from qfid.engine.loader import set_num_threads
+
+    if spec.threads:
+        set_num_threads(spec.threads)
+    load_start = time.perf_counter()
+    replay, finish = {"qfid": _qfid_runner, "hf-static": _hf_static_runner, "hf-cb": _hf_cb_runner}[engine](spec)
+    load_s = time.perf_counter() - load_start
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    traces = replay(workload)
+    wall_s, cpu_s = time.perf_counter() - wall_start, time.process_time() - cpu_start
+    record = summarize(engine, traces, wall_s, cpu_s)
+    record.update(load_s=load_s, peak_rss_mb=peak_rss_mb(), rss_isolated=False, **finish())
+    return EngineResult(record, [len(t.token_ids) for t in traces])
+
+
+def peak_rss_mb() -> float:
+    """This process's high-water resident set (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sleep_until(moment: float) -> None:
+    delay = moment - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _greedy(max_tokens: int):
+    from qfid.engine.sampling import SamplingParams
+
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+
+
+def _qfid_runner(spec: BenchSpec):
+    from qfid.engine.llm import LLM
+
+    llm = LLM(spec.model_dir, dtype=spec.dtype, num_threads=spec.threads, kv_cache_gb=spec.kv_cache_gb,
+              max_num_batched_tokens=spec.max_num_batched_tokens)
+    llm.generate([[1, 2, 3, 4]], _greedy(2))  # warm-up: first-call allocations off the clock
+    tracker = KvTracker(llm.engine)
+    return (lambda workload: _replay_qfid(llm.engine, workload, tracker)), tracker.summary
+
+
+def _replay_qfid(engine, workload: list[BenchRequest], tracker: "KvTracker") -> list[Trace]:
+    """Admit each request when its arrival time has passed, step while there is work,
+    and sleep only when the engine is idle and the next request is in the future."""
+    start = time.perf_counter()
+    traces = [Trace(start + r.arrival_s) for r in workload]
+    pending = deque(sorted(range(len(workload)), key=lambda i: workload[i].arrival_s))
+    index_of: dict[int, int] = {}
+    while pending or engine.has_unfinished():
+        while pending and traces[pending[0]].arrival <= time.perf_counter():
+            i = pending.popleft()
+            index_of[engine.add_request(list(workload[i].prompt_ids), _greedy(workload[i].output_len))] = i
+        if not engine.has_unfinished():
+            _sleep_until(traces[pending[0]].arrival)
+            continue
+        outputs = engine.step()
+        now = time.perf_counter()
+        tracker.observe()
+        for output in outputs:
+            trace = traces[index_of[output.request_id]]
+            trace.first_token = trace.first_token or now
+            if output.finished:
+                trace.finish, trace.token_ids = now, list(output.token_ids)
+    return traces
+
+
+class KvTracker:
+    """KV-cache use, sampled after every step. Waste is the share of slots in held blocks
+    that hold no K/V (a partly filled last block, a block allocated ahead of its tokens);
+    free blocks of the reserved cache are headroom, not waste -- the cache tensor is
+    mapped lazily, so untouched blocks cost no RSS either."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        blocks = engine.block_manager
+        self.block_size = blocks.block_size
+        self.reserved_bytes = engine.model_runner.kv_cache_bytes
+        self.block_bytes = self.reserved_bytes // blocks.num_blocks
+        self.peak_blocks, self.peak_waste = 0, 0.0
+        self.held_slots, self.filled_slots = 0, 0
+
+    def observe(self) -> None:
+        filled: dict[int, int] = {}
+        for seq in self.engine.scheduler.running:
+            for index, block_id in enumerate(seq.block_table):
+                tokens = min(self.block_size, max(0, seq.num_computed_tokens - index * self.block_size))
+                filled[block_id] = max(filled.get(block_id, 0), tokens)
+        held = self.engine.block_manager.num_used_blocks
+        slots, used = held * self.block_size, sum(filled.values())
+        self.held_slots += slots
+        self.filled_slots += used
+        if held > self.peak_blocks:
+            self.peak_blocks, self.peak_waste = held, 1 - used / slots
+
+    def summary(self) -> dict:
+        mib = 2 ** 20
+        return {"kv_reserved_mb": self.reserved_bytes / mib,
+                "kv_peak_used_mb": self.peak_blocks * self.block_bytes / mib,
+                "kv_peak_blocks": self.peak_blocks,
+                "kv_total_blocks": self.engine.block_manager.num_blocks,
+                "kv_waste_share": self.peak_waste,
+                "kv_waste_share_mean": 1 - self.filled_slots / self.held_slots if self.held_slots else 0.0,
+                "preemptions": self.engine.scheduler.num_preemptions}
+
+
+def _load_hf(spec: BenchSpec):
+    from qfid.engine.loader import load_model_and_tokenizer
+
+    model, tokenizer, _ = load_model_and_tokenizer(spec.model_dir, spec.dtype)
+    return model, tokenizer
+
+
+class _StepClock:
+    """A `generate` streamer that only timestamps each decoding step (the first `put` is
+    the prompt), so static batching reports when each token existed, not when the batch
+    returned: the kindest reading of its latency."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if self._prompt_seen:
+            self.times.append(time.perf_counter())
+        self._prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+def _hf_static_runner(spec: BenchSpec):
+    model, tokenizer = _load_hf(spec)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    _generate_static(model, pad_id, [BenchRequest(0.0, (1, 2, 3, 4), 2)])  # warm-up
+    return (lambda workload: _replay_static(model, pad_id, workload, spec.hf_batch)), dict
+
+
+def _replay_static(model, pad_id: int, workload: list[BenchRequest], batch_size: int) -> list[Trace]:
+    """When the previous batch is done, take up to `batch_size` requests that have arrived
+    (waiting for the next one if none has) and run them to the batch's longest output."""
+    start = time.perf_counter()
+    traces = [Trace(start + r.arrival_s) for r in workload]
+    pending = deque(sorted(range(len(workload)), key=lambda i: workload[i].arrival_s))
+    while pending:
+        _sleep_until(traces[pending[0]].arrival)
+        now = time.perf_counter()
+        batch = []
+        while pending and len(batch) < batch_size and traces[pending[0]].arrival <= now:
+            batch.append(pending.popleft())
+        tokens, times = _generate_static(model, pad_id, [workload[i] for i in batch])
+        for i, row in zip(batch, tokens):
+            length = workload[i].output_len
+            traces[i].token_ids, traces[i].first_token, traces[i].finish = row[:length], times[0], times[length - 1]
+    return traces
+
+
+def _generate_static(model, pad_id: int, requests: list[BenchRequest]) -> tuple[list[list[int]], list[float]]:
+    """Left-padded greedy `generate`; min_new_tokens = max_new_tokens keeps EOS from ending
+    any row early. Returns each row's new tokens and the time of each step."""
+    import torch
+
+    width = max(len(r.prompt_ids) for r in requests)
+    ids = torch.tensor([[pad_id] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests])
+    mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests])
+    steps = max(r.output_len for r in requests)
+    clock = _StepClock()
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
+                             do_sample=False, pad_token_id=pad_id, streamer=clock)
+    return out[:, width:].tolist(), clock.times
+
+
+def _hf_cb_runner(spec: BenchSpec):
+    model, _ = _load_hf(spec)
+    if not hasattr(model, "init_continuous_batching"):
+        raise QfidError("this transformers has no continuous batching (init_continuous_batching)")
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(do_sample=False, max_new_tokens=16, eos_token_id=-1)
+    manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=_cb_config(model, spec))
+    manager.start()
+    try:
+        _collect_cb(manager, {_add_cb(manager, "warmup", BenchRequest(0.0, (1, 2, 3, 4), 2)): Trace(0.0)})
+    except BaseException:
+        manager.stop(block=True)
+        raise
+
+    def finish() -> dict:
+        manager.stop(block=True)
+        return {}
+
+    return (lambda workload: _replay_cb(manager, workload)), finish
+
+
+def _cb_config(model, spec: BenchSpec):
+    """The same KV budget and step token budget as the qfid engine. Left alone, HF sizes its
+    cache from the free memory of the device -- on CPU, most of the machine's RAM, zeroed."""
+    from transformers import ContinuousBatchingConfig
+
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    bytes_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * model.dtype.itemsize
+    cb = ContinuousBatchingConfig(max_batch_tokens=spec.max_num_batched_tokens)
+    cb.num_blocks = max(1, int(spec.kv_cache_gb * 2 ** 30) // (bytes_per_token * cb.page_size))
+    return cb
+
+
+def _add_cb(manager, request_id: str, request: BenchRequest) -> str:
+    """EOS id -1 switches EOS off for the request, like ignore_eos."""
+    manager.add_request(list(request.prompt_ids), request_id=request_id, max_new_tokens=request.output_len,
+                        eos_token_id=-1, record_timestamps=True)
+    return request_id
+
+
+def _replay_cb(manager, workload: list[BenchRequest]) -> list[Trace]:
+    """Requests go to HF's background generation thread at their arrival times; results
+    carry per-token timestamps on the same perf_counter clock."""
+    start = time.perf_counter()
+    traces = [Trace(start + r.arrival_s) for r in workload]
+    by_id = {}
+    for i in sorted(range(len(workload)), key=lambda i: workload[i].arrival_s):
+        _sleep_until(traces[i].arrival)
+        by_id[_add_cb(manager, f"bench-{i}", workload[i])] = traces[i]
+    _collect_cb(manager, by_id)
+    return traces
+
+
+def _collect_cb(manager, traces: dict[str, Trace]) -> None:
+    waiting = set(traces)
+    while waiting:
+        result = manager.get_result(timeout=0.5)
+        if result is None:
+            if not manager.is_running():
+                raise QfidError("HF continuous batching stopped before finishing all requests")
+            continue
+        if result.is_finished() and result.request_id in waiting:
+            if result.error is not None:
+                raise QfidError(f"HF continuous batching failed a request: {result.error}")
+            trace = traces[result.request_id]
+            stamps = result.timestamps or [time.perf_counter()]
+            trace.token_ids, trace.first_token, trace.finish = list(result.generated_tokens), stamps[0], stamps[-1]
+            waiting.discard(result.request_id)
+
+
+# --- metrics ---------------------------------------------------------------------------
+
+def summarize(engine: str, traces: list[Trace], wall_s: float, cpu_s: float) -> dict:
+    """Throughput over the whole replay; TTFT from arrival to first token; TPOT is a
+    request's decode time over its tokens after the first."""
+    output_tokens = sum(len(t.token_ids) for t in traces)
+    ttft = [t.first_token - t.arrival for t in traces]
+    tpot = [(t.finish - t.first_token) / (len(t.token_ids) - 1) for t in traces if len(t.token_ids) > 1]
+    return {
+        "engine": engine, "requests": len(traces), "output_tokens": output_tokens,
+        "wall_s": wall_s, "cpu_s": cpu_s, "cpu_per_wall": cpu_s / wall_s,
+        "output_tokens_per_s": output_tokens / wall_s, "requests_per_s": len(traces) / wall_s,
+        "ttft_p50_s": percentile(ttft, 50), "ttft_p99_s": percentile(ttft, 99),
+        "tpot_p50_s": percentile(tpot, 50), "tpot_p99_s": percentile(tpot, 99),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _worker_main(job_path: str, out_path: str) -> None:
+    job = json.loads(Path(job_path).read_text())
+    workload = [BenchRequest.from_dict(r) for r in job["workload"]]
+    result = run_engine(job["engine"], BenchSpec(**job["spec"]), workload)
+    Path(out_path).write_text(json.dumps({"record": result.record, "output_lens": result.output_lens}))
+
+
+if __name__ == "__main__":
+    _worker_main(*sys.argv[1:3])
