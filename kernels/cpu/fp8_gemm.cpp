@@ -190,11 +190,13 @@ at::Tensor dequant_chunks(const at::Tensor& w, const at::Tensor& rows, const at:
   at::Tensor y = at::empty({x.size(0), N}, x.options());
   const uint8_t* wp = w.data_ptr<uint8_t>();
   const float* sp = row_scale.data_ptr<float>();
-  // Worker threads do not inherit the caller's InferenceMode; the ATen calls below need it
-  // when x is an inference tensor (a model run under torch.inference_mode()).
+  // Worker threads do not inherit the caller's InferenceMode or grad mode; the ATen calls
+  // below need the first when x is an inference tensor (a model run under
+  // torch.inference_mode()), and this op is inference-only (no autograd formula).
   const bool inference = c10::InferenceMode::is_enabled();
   at::parallel_for(0, (N + kChunkRows - 1) / kChunkRows, 1, [&](int64_t c0, int64_t c1) {
     c10::InferenceMode guard(inference);
+    at::NoGradGuard no_grad;
     at::Tensor chunk = at::empty({std::min(N, kChunkRows), K}, x.options());
     char* cp = static_cast<char*>(chunk.data_ptr());
     for (int64_t c = c0; c < c1; ++c) {

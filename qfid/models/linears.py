@@ -38,10 +38,14 @@ class WeightRef:
     half: int | None = None
 
     def _view(self) -> torch.Tensor:
-        w = getattr(self.module, self.param)
+        return self.view_of(getattr(self.module, self.param).data)
+
+    def view_of(self, full: torch.Tensor) -> torch.Tensor:
+        """This weight's [out, in] view inside `full`, a tensor shaped like the whole
+        parameter: lets a search assemble a candidate parameter without touching the model's."""
         if self.expert is None:
-            return w.data
-        w = w.data[self.expert]
+            return full
+        w = full[self.expert]
         if self.half is None:
             return w
         rows = w.shape[0] // 2

@@ -132,16 +132,19 @@ def test_fp8_kernel_decodes_every_code_exactly(rows, batch):
 
 @needs_kernels
 @pytest.mark.parametrize("batch", [4, 300])   # the streamed path and the threaded dequantize + GEMM path
-def test_kernels_run_under_inference_mode(batch):
-    """Models are evaluated under torch.inference_mode(): the kernels' worker threads must
-    not trip over inference tensors (they do not inherit the caller's mode)."""
+@pytest.mark.parametrize("mode", ["inference", "grad"])
+def test_kernels_run_under_inference_mode_and_grad_mode(batch, mode):
+    """Models run under torch.inference_mode() (evals) or with grad on (a plain forward on
+    parameters that require grad): the kernels' worker threads inherit neither mode and must
+    work in both; the ops are inference-only."""
     f = cases.random_fp8(192, 256, True, seed=batch)
     q = cases.random_int4(192, 256, 64, seed=batch)
-    with torch.inference_mode():
-        x = torch.randn(batch, 256)
+    prepared = cpu.prepare_int4(*pack_awq_gemm(q), 64)
+    context = torch.inference_mode() if mode == "inference" else torch.enable_grad()
+    with context:
+        x = torch.randn(batch, 256, requires_grad=mode == "grad")
         y = cpu.fp8_linear(x, f.weight, f.scale, None, None, quantize_activations=False)
-        ref = x.double() @ f.dequantize(torch.float64).T
-        assert cases.rel_err(y, ref) < cases.TOL[torch.float32]
-        prepared = cpu.prepare_int4(*pack_awq_gemm(q), 64)
         y4 = cpu.int4_linear(x, prepared, None)
-        assert cases.rel_err(y4, x.double() @ q.dequantize(torch.float64).T) < cases.TOL[torch.float32]
+    ref_x = x.detach().double()
+    assert cases.rel_err(y.detach(), ref_x @ f.dequantize(torch.float64).T) < cases.TOL[torch.float32]
+    assert cases.rel_err(y4.detach(), ref_x @ q.dequantize(torch.float64).T) < cases.TOL[torch.float32]

@@ -84,6 +84,7 @@ def test_reference_int4_matches_float64(m, n, k, group, dtype):
     assert rel_err(y, ref) < TOL[dtype] * (2 if dtype == torch.bfloat16 else 1)
 
 
+@pytest.mark.usefixtures("reference_kernels")
 def test_reference_int4_is_int4linear_path():
     x, q, _, bias, _ = awq_case(3, 80, 96, 32, torch.float32)
     layer = Int4Linear.from_int4(q, bias)
@@ -91,6 +92,7 @@ def test_reference_int4_is_int4linear_path():
     assert torch.equal(reference.int4_linear(x, prepared, layer.bias), layer(x))
 
 
+@pytest.mark.usefixtures("reference_kernels")
 @pytest.mark.parametrize("quantize,static", [(False, False), (True, False), (True, True)])
 def test_reference_fp8_is_fp8linear_path(quantize, static):
     f = random_fp8(48, 64, per_channel=True)

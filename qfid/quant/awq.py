@@ -1,0 +1,137 @@
+"""AWQ INT4 (Lin et al., MLSys 2024), block by block, AutoAWQ-compatible.
+
+`awq_quantize` captures the first decoder block's inputs, then for each block: records what it
+sees, searches a scale per (smooth -> balance) mapping and folds it, searches per-group clips
+and quantizes (see awq_block.py and awq_search.py for the steps). Only one block's
+activations are alive at a time. The block's fp outputs become the next block's inputs, as in
+AutoAWQ (scaling does not change the function, so these equal the fp model's activations).
+
+The search result (scales, clips) is an artifact of named tensors; `apply_awq_artifact`
+replays it on a fresh copy of the model and gives bit-identical Int4Weights, so a saved
+search can be audited or reused without calibration data.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from qfid.errors import QfidError
+from qfid.models.linears import decoder_blocks
+from qfid.models.mappings import ArchSpec
+from qfid.quant.awq_block import (
+    block_linears,
+    fold_block_scales,
+    gather_activations,
+    quantize_block_linears,
+    resolve_block_mappings,
+    scaled_inputs,
+    search_block_clips,
+    search_block_scales,
+)
+from qfid.quant.block_capture import BlockBatch, capture_block_inputs
+from qfid.quant.primitives import Int4Weight
+
+# Tokens each scale candidate is scored on: token-wise modules get every k-th token of all
+# sequences, attention gets whole sequences (batches of search_tokens // seq_len). Scoring
+# all 16x512 tokens would cost ~45 TFLOP on the default model, several minutes on 2 cores;
+# a quarter of that keeps AWQ under the 130 s target. x_mean and the clip search still use
+# every token.
+DEFAULT_SEARCH_TOKENS = 2048
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class AwqResult:
+    quantized: dict[str, Int4Weight]                  # full checkpoint name (no ".weight")
+    artifact: dict[str, torch.Tensor]                 # "<smooth>.awq_scale", "<linear>.awq_clip"
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def scale_key(smooth: str) -> str:
+    return f"{smooth}.awq_scale"
+
+
+def clip_key(linear: str) -> str:
+    return f"{linear}.awq_clip"
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    t0 = time.perf_counter()
+    yield
+    timings[stage] += time.perf_counter() - t0
+
+
+def awq_quantize(model: nn.Module, spec: ArchSpec, calib_ids: torch.LongTensor, group_size: int,
+                 grid: int = 20, clip: bool = True, progress: Progress | None = None,
+                 search_tokens: int = DEFAULT_SEARCH_TOKENS) -> AwqResult:
+    """Quantize every mapped Linear with AWQ. Afterwards the model holds the scaled (folded)
+    fp weights, so the tensors that stay in full precision (norms, router) can be saved."""
+    blocks = decoder_blocks(model, spec)
+    timings: dict[str, float] = defaultdict(float)
+    result = AwqResult({}, {}, timings)
+    batch_size = max(1, min(len(calib_ids), search_tokens // calib_ids.shape[1]))
+    with _timed(timings, "capture"):
+        batches = capture_block_inputs(model, blocks[0], calib_ids, batch_size)
+    for i, block in enumerate(blocks):
+        batches = _awq_block(block, f"{spec.blocks}.{i}", spec, batches, group_size, grid, clip,
+                             search_tokens, result)
+        if progress is not None:
+            progress("awq blocks", i + 1, len(blocks))
+    timings["total"] = sum(timings.values())
+    return result
+
+
+def _awq_block(block: nn.Module, prefix: str, spec: ArchSpec, batches: list[BlockBatch], group_size: int,
+               grid: int, clip: bool, search_tokens: int, result: AwqResult) -> list[BlockBatch]:
+    refs = block_linears(block, spec)
+    mappings = resolve_block_mappings(block, spec)
+    timings = result.timings
+    with _timed(timings, "forward"):
+        acts, next_batches = gather_activations(block, refs, mappings, batches, search_tokens)
+    with _timed(timings, "scale_search"):
+        scales = search_block_scales(block, refs, mappings, acts, group_size, grid)
+    fold_block_scales(block, mappings, scales)
+    clips = {}
+    if clip:
+        with _timed(timings, "clip_search"):
+            clips = search_block_clips(refs, scaled_inputs(acts, mappings, scales), spec, group_size)
+    with _timed(timings, "quantize"):
+        quantized = quantize_block_linears(refs, clips, group_size)
+    result.quantized.update({f"{prefix}.{name}": q for name, q in quantized.items()})
+    result.artifact.update({scale_key(f"{prefix}.{name}"): s.clone() for name, s in scales.items()})
+    result.artifact.update({clip_key(f"{prefix}.{name}"): c.clone() for name, c in clips.items()})
+    return next_batches
+
+
+def apply_awq_artifact(model: nn.Module, spec: ArchSpec, artifact: dict[str, torch.Tensor],
+                       group_size: int) -> dict[str, Int4Weight]:
+    """Replay a saved search: fold its scales into the (unscaled) model and quantize with its
+    clips. Fails loudly when the artifact and the model do not match."""
+    remaining = dict(artifact)
+    quantized: dict[str, Int4Weight] = {}
+    for i, block in enumerate(decoder_blocks(model, spec)):
+        prefix = f"{spec.blocks}.{i}"
+        mappings = resolve_block_mappings(block, spec)
+        scales = {m.smooth: _take(remaining, scale_key(f"{prefix}.{m.smooth}")) for m in mappings}
+        fold_block_scales(block, mappings, scales)
+        refs = block_linears(block, spec)
+        clips = {name: remaining.pop(clip_key(f"{prefix}.{name}")) for name in refs
+                 if clip_key(f"{prefix}.{name}") in remaining}
+        quantized.update({f"{prefix}.{name}": q for name, q in quantize_block_linears(refs, clips, group_size).items()})
+    if remaining:
+        raise QfidError(f"AWQ artifact has {len(remaining)} entries this model lacks, e.g. {next(iter(remaining))}")
+    return quantized
+
+
+def _take(remaining: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    if key not in remaining:
+        raise QfidError(f"AWQ artifact has no {key}: it was searched on a different model or architecture")
+    return remaining.pop(key)

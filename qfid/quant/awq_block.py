@@ -1,0 +1,272 @@
+"""AWQ on one decoder block: record what it sees, search scales, fold them, search clips.
+
+The steps follow AutoAWQ's order so results are comparable: every mapping's scale is searched
+on the *original* block and inputs, then all scales are folded, then the clip search runs on
+the scaled weights with the recorded inputs divided by their scale, then each weight is
+quantized. Searches score candidate tensors functionally (`torch.func.functional_call`, or
+F.linear for a single inspected Linear); only `fold_block_scales` writes to the model.
+
+MoE (Mixtral-style): the norm -> experts mapping shares one scale across every expert (one
+norm feeds them all) and scores the whole MoE block, so each expert sees only the tokens the
+router sends it; the router is scaled too (`extra_balance`) but never quantized. Per-expert
+mappings (w3 -> w2) and clips use the expert's routed tokens; an expert that receives none
+keeps s = 1 and plain RTN.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from qfid.errors import QfidError
+from qfid.models.linears import WeightRef, block_module, block_weight, expand_experts, num_experts
+from qfid.models.mappings import ArchSpec, AwqMapping
+from qfid.quant.awq_search import activation_means, search_clip, search_scale, weight_means
+from qfid.quant.block_capture import BlockBatch, run_block, sequence_kwargs
+from qfid.quant.primitives import Int4Weight, int4_quantize
+
+
+@dataclass(frozen=True)
+class BlockMapping:
+    """An AwqMapping resolved inside one block: `{e}` expanded, names block-relative."""
+
+    smooth: str
+    balance: tuple[str, ...]
+    inspect: str
+    extra_balance: tuple[str, ...] = ()
+
+
+@dataclass
+class BlockActivations:
+    """What one block saw on the calibration tokens."""
+
+    inputs: dict[str, torch.Tensor]   # [tokens, width] per quantized Linear and inspected module
+    search_batch: BlockBatch          # the sequences a sequence-level module (attention) is scored on
+    search_tokens: int                # token budget when scoring token-wise modules
+
+
+def block_linears(block: nn.Module, spec: ArchSpec) -> dict[str, WeightRef]:
+    return {name: block_weight(block, name) for name in expand_experts(spec.linears, block)}
+
+
+def resolve_block_mappings(block: nn.Module, spec: ArchSpec) -> list[BlockMapping]:
+    """The block's mappings, minus those whose shapes rule them out (v -> o under GQA)."""
+    resolved = []
+    for mapping in spec.awq:
+        for bm in _expand(mapping, block):
+            if mapping.requires_same_shape and not _same_shapes(block, bm):
+                continue
+            resolved.append(bm)
+    return resolved
+
+
+def _expand(mapping: AwqMapping, block: nn.Module) -> list[BlockMapping]:
+    if "{e}" in mapping.smooth:
+        return [BlockMapping(mapping.smooth.format(e=e), tuple(b.format(e=e) for b in mapping.balance),
+                             mapping.inspect.format(e=e)) for e in range(num_experts(block))]
+    return [BlockMapping(mapping.smooth, tuple(expand_experts(mapping.balance, block)), mapping.inspect,
+                         mapping.extra_balance)]
+
+
+def _same_shapes(block: nn.Module, m: BlockMapping) -> bool:
+    shape = block_weight(block, m.smooth).shape
+    return all(block_weight(block, b).shape == shape for b in m.balance)
+
+
+def gather_activations(block: nn.Module, refs: dict[str, WeightRef], mappings: list[BlockMapping],
+                       batches: list[BlockBatch], search_tokens: int) -> tuple[BlockActivations, list[BlockBatch]]:
+    """Run the block once, recording every Linear's and inspected module's input; fused MoE
+    experts (no Linear to hook) get theirs from the router. Also returns the block's outputs,
+    the next block's inputs (AutoAWQ feeds the fp block's outputs forward)."""
+    record = {name: ref.module for name, ref in refs.items() if ref.expert is None}
+    record.update({m.inspect: block_module(block, m.inspect) for m in mappings if m.inspect not in refs})
+    next_batches, inputs = run_block(block, batches, record)
+    for m in mappings:
+        if m.extra_balance and any(refs[b].expert is not None for b in m.balance):
+            inputs.update(_fused_expert_inputs(block, refs, m, inputs[m.inspect]))
+    missing = [name for name in refs if name not in inputs]
+    if missing:
+        raise QfidError(f"no calibration inputs for {missing[0]}: fused MoE experts need a mapping "
+                        "from the norm that feeds them, with the router as extra_balance")
+    return BlockActivations(inputs, batches[0], search_tokens), next_batches
+
+
+_EXPERT_ROLE = {"w1": "gate", "w3": "up", "w2": "down"}
+
+
+def _fused_expert_inputs(block: nn.Module, refs: dict[str, WeightRef], m: BlockMapping,
+                         x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Inputs of each fused expert's w1/w3 (its routed tokens) and w2 (act(w1 x) * w3 x)."""
+    routed = _routed_tokens(block_module(block, m.inspect), block_module(block, m.extra_balance[0]), x)
+    experts: dict[int, dict[str, str]] = {}
+    for name, ref in refs.items():
+        if ref.expert is not None:
+            experts.setdefault(ref.expert, {})[_EXPERT_ROLE[name.rsplit(".", 1)[1]]] = name
+    inputs = {}
+    with torch.inference_mode():
+        for e, names in experts.items():
+            x_e = x[routed[e]]
+            gate_ref = refs[names["gate"]]
+            hidden = gate_ref.module.act_fn(F.linear(x_e, gate_ref.get())) * F.linear(x_e, refs[names["up"]].get())
+            inputs.update({names["gate"]: x_e, names["up"]: x_e, names["down"]: hidden})
+    return inputs
+
+
+def _routed_tokens(moe: nn.Module, router: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Token indices each expert receives: the router's top-k (softmax keeps the order)."""
+    top_k = getattr(moe, "top_k", None) or router.top_k
+    with torch.inference_mode():
+        logits = F.linear(x, router.weight, getattr(router, "bias", None))
+        chosen = logits.topk(top_k, dim=-1).indices
+    return [(chosen == e).any(dim=-1).nonzero().squeeze(1) for e in range(router.weight.shape[0])]
+
+
+def search_block_scales(block: nn.Module, refs: dict[str, WeightRef], mappings: list[BlockMapping],
+                        acts: BlockActivations, group_size: int, grid: int) -> dict[str, torch.Tensor]:
+    """Best scale per mapping, keyed by smooth layer. Reads the block, never writes it."""
+    scales = {}
+    for m in mappings:
+        x = acts.inputs[m.inspect]
+        weights = [refs[b].get() for b in m.balance]
+        if x.shape[0] == 0:
+            scales[m.smooth] = torch.ones(weights[0].shape[1])
+            continue
+        loss = _inspect_loss(block, refs, m, acts)
+        with torch.inference_mode():
+            scales[m.smooth], _ = search_scale(activation_means(x), weight_means(weights, group_size),
+                                               weights, group_size, grid, loss)
+    return scales
+
+
+def _inspect_loss(block: nn.Module, refs: dict[str, WeightRef], m: BlockMapping, acts: BlockActivations):
+    """loss(candidate balance weights) -> MSE of the inspected module's output against fp."""
+    if m.inspect in refs:
+        ref, slot = refs[m.inspect], m.balance.index(m.inspect)
+        x = token_sample(acts.inputs[m.inspect], acts.search_tokens)
+        with torch.inference_mode():
+            target = F.linear(x, ref.get(), ref.bias)
+        return lambda cands: _mse(F.linear(x, cands[slot], ref.bias), target)
+    module = block_module(block, m.inspect)
+    args, kwargs = _inspect_call(module, acts, m.inspect)
+    with torch.inference_mode():
+        target = _first(module(*args, **kwargs))
+    params = _candidate_params(module, [refs[b] for b in m.balance])
+    return lambda cands: _mse(_first(functional_call(module, params(cands), args, kwargs)), target)
+
+
+def _inspect_call(module: nn.Module, acts: BlockActivations, name: str) -> tuple[tuple, dict]:
+    """Arguments to score `module` on: whole search sequences with the block's kwargs when it
+    needs them (attention), otherwise an evenly spread sample of tokens from every sequence."""
+    kwargs = sequence_kwargs(module, acts.search_batch.kwargs)
+    x = acts.inputs[name]
+    if kwargs:
+        batch, seq_len = acts.search_batch.hidden.shape[:2]
+        return (x[: batch * seq_len].reshape(batch, seq_len, -1),), kwargs
+    return (token_sample(x, acts.search_tokens).unsqueeze(0),), kwargs
+
+
+def token_sample(x: torch.Tensor, budget: int) -> torch.Tensor:
+    """At most about `budget` rows of x, evenly strided (deterministic)."""
+    return x[:: max(1, x.shape[0] // budget)]
+
+
+def _candidate_params(module: nn.Module, refs: list[WeightRef]):
+    """cands -> {parameter path under `module`: tensor} for functional_call; a fused expert
+    parameter is cloned once per candidate and its slices overwritten in the clone."""
+    paths = {id(sub): path for path, sub in module.named_modules()}
+    keys = []
+    for ref in refs:
+        if id(ref.module) not in paths:
+            raise QfidError(f"AWQ mapping scores {type(module).__name__} but {ref.name} is not inside it")
+        keys.append(".".join(p for p in (paths[id(ref.module)], ref.param) if p))
+
+    def build(cands: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        params: dict[str, torch.Tensor] = {}
+        for ref, key, cand in zip(refs, keys, cands):
+            if ref.expert is None:
+                params[key] = cand
+                continue
+            if key not in params:
+                params[key] = getattr(ref.module, ref.param).detach().clone()
+            ref.view_of(params[key]).copy_(cand)
+        return params
+
+    return build
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return F.mse_loss(a.float(), b.float()).item()
+
+
+@torch.no_grad()
+def fold_block_scales(block: nn.Module, mappings: list[BlockMapping], scales: dict[str, torch.Tensor]) -> None:
+    """Fold each scale: balance (and router) columns * s, smooth outputs / s. The block then
+    computes the same function with flatter input channels for its quantized layers."""
+    for m in mappings:
+        s = scales[m.smooth]
+        for name in m.balance:
+            ref = block_weight(block, name)
+            ref.set(ref.get() * s)
+        for name in m.extra_balance:
+            router = block_module(block, name)
+            router.weight.copy_(router.weight * s)
+        _divide_smooth(block, m.smooth, s)
+
+
+def _divide_smooth(block: nn.Module, name: str, s: torch.Tensor) -> None:
+    module = _module_or_none(block, name)
+    if module is None or isinstance(module, nn.Linear):
+        ref = block_weight(block, name)
+        ref.set(ref.get() / s.unsqueeze(1))
+        if ref.bias is not None:
+            ref.bias.copy_(ref.bias / s)
+        return
+    module.weight.copy_(module.weight / s)   # a norm: its weight scales each output channel
+    if getattr(module, "bias", None) is not None:
+        module.bias.copy_(module.bias / s)
+
+
+def _module_or_none(block: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return block_module(block, name)
+    except QfidError:
+        return None
+
+
+def scaled_inputs(acts: BlockActivations, mappings: list[BlockMapping],
+                  scales: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each Linear's recorded input in the folded basis (x / s for balance layers)."""
+    inputs = dict(acts.inputs)
+    for m in mappings:
+        scaled: dict[int, torch.Tensor] = {}   # q, k and v share one input: divide it once
+        for name in m.balance:
+            x = acts.inputs[name]
+            if id(x) not in scaled:
+                scaled[id(x)] = x / scales[m.smooth]
+            inputs[name] = scaled[id(x)]
+    return inputs
+
+
+def search_block_clips(refs: dict[str, WeightRef], inputs: dict[str, torch.Tensor], spec: ArchSpec,
+                       group_size: int) -> dict[str, torch.Tensor]:
+    """Clip values per quantized Linear, except q/k (`spec.clip_skip`: clipping them hurts
+    attention scores) and experts that received no tokens."""
+    clips = {}
+    with torch.inference_mode():
+        for name, ref in refs.items():
+            if name in spec.clip_skip or inputs[name].shape[0] == 0:
+                continue
+            clips[name] = search_clip(ref.get(), inputs[name], group_size)
+    return clips
+
+
+def quantize_block_linears(refs: dict[str, WeightRef], clips: dict[str, torch.Tensor],
+                           group_size: int) -> dict[str, Int4Weight]:
+    return {name: int4_quantize(ref.get(), group_size, clips.get(name)) for name, ref in refs.items()}

@@ -1,0 +1,101 @@
+"""AWQ's two searches as pure tensor functions (Lin et al., MLSys 2024; AutoAWQ's behaviour).
+
+Nothing here touches a module: candidates are new tensors and the caller scores them, so a
+search can never leave a model half-scaled (the AutoAWQ 0.2.9 CPU bug this project measured:
+its `.cpu()` "snapshot" aliased the weights it then scaled in place).
+
+- Scale search: for alpha on a `grid`-point grid over [0, 1),
+  `s = x_mean^alpha / w_mean^(1 - alpha)` per input channel ("duo scaling"), normalised by
+  `sqrt(max(s) * min(s))`; each balance weight becomes `Q(W * s) / s` and the caller's loss
+  scores the inspected module's output. The lowest loss wins (first one on ties).
+- Clip search: per weight group, clamp to `max|w| * (1 - max_shrink * i / grid)` for
+  i < grid (20 steps up to 50%: shrinks 0%, 2.5%, ..., 47.5%; AutoAWQ's 10 steps of 5% are
+  every other one) and keep, per group, the clip with the lowest output error on the
+  calibration inputs.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from qfid.quant.primitives import int4_fake_quantize
+
+CLIP_MAX_SHRINK = 0.5
+CLIP_GRID = 20
+
+
+def activation_means(x: torch.Tensor) -> torch.Tensor:
+    """Mean |x| per input channel over all tokens ([tokens, in] -> [in])."""
+    return x.abs().float().mean(dim=0)
+
+
+def weight_means(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
+    """Mean over rows of |W| normalised by each group's max (AutoAWQ's `w_mean`): how large a
+    channel's weights are relative to the group that shares its quantization step."""
+    w = torch.cat([t.float() for t in weights], dim=0)
+    groups = w.abs().reshape(-1, group_size)
+    relative = groups / (groups.amax(dim=1, keepdim=True) + 1e-6)
+    return relative.reshape(w.shape).mean(dim=0)
+
+
+def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor, alpha: float) -> torch.Tensor:
+    s = (x_mean.pow(alpha) / (w_mean.pow(1 - alpha) + 1e-4)).clamp(min=1e-4)
+    s = s / (s.max() * s.min()).sqrt()
+    return torch.where(torch.isfinite(s), s, torch.ones_like(s))
+
+
+def scaled_candidates(weights: list[torch.Tensor], s: torch.Tensor, group_size: int) -> list[torch.Tensor]:
+    """`Q(W * s) / s` for each weight: what the balance layers compute on unscaled inputs once
+    s is folded and W * s is quantized."""
+    return [int4_fake_quantize(w * s, group_size) / s for w in weights]
+
+
+def search_scale(x_mean: torch.Tensor, w_mean: torch.Tensor, weights: list[torch.Tensor],
+                 group_size: int, grid: int, loss: Callable[[list[torch.Tensor]], float]) -> tuple[torch.Tensor, float]:
+    """The per-channel scale with the lowest `loss(candidate weights)`, and that loss."""
+    best_s, best_loss = torch.ones_like(x_mean), float("inf")
+    for step in range(grid):
+        s = candidate_scales(x_mean, w_mean, step / grid)
+        value = loss(scaled_candidates(weights, s, group_size))
+        if value < best_loss:
+            best_s, best_loss = s, value
+    return best_s, best_loss
+
+
+def group_gram(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Per-group input second moments [n_groups, G, G] = X_g^T X_g / tokens.
+
+    A group's output error over the tokens is `d^T Gram_g d` for a weight error d, so the
+    clip search scores every token at the cost of one small matmul per candidate, instead of
+    materialising [out, tokens, groups, G] products as AutoAWQ does (it therefore samples 512
+    tokens; this sees them all).
+    """
+    n, width = x.shape
+    xg = x.float().reshape(n, width // group_size, group_size).transpose(0, 1)
+    return xg.transpose(1, 2) @ xg / max(n, 1)
+
+
+def group_output_error(delta: torch.Tensor, gram: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Mean squared output error contributed by each group: [out, in] weight error -> [out, n_groups]."""
+    out_f, in_f = delta.shape
+    d = delta.reshape(out_f, in_f // group_size, group_size).transpose(0, 1)   # [groups, out, G]
+    return ((d @ gram) * d).sum(dim=-1).transpose(0, 1)
+
+
+def search_clip(w: torch.Tensor, x: torch.Tensor, group_size: int,
+                grid: int = CLIP_GRID, max_shrink: float = CLIP_MAX_SHRINK) -> torch.Tensor:
+    """Per-group clip values [out, in/G] for `int4_quantize(w, G, clip)`, chosen on the output
+    error over inputs `x` [tokens, in] (both in the scaled basis)."""
+    w = w.float()
+    out_f, in_f = w.shape
+    gram = group_gram(x, group_size)
+    max_abs = w.abs().reshape(out_f, in_f // group_size, group_size).amax(dim=-1)
+    best_clip, best_err = max_abs.clone(), torch.full_like(max_abs, float("inf"))
+    for step in range(grid):
+        clip = max_abs * (1 - max_shrink * step / grid)
+        err = group_output_error(int4_fake_quantize(w, group_size, clip) - w, gram, group_size)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_clip = torch.where(better, clip, best_clip)
+    return best_clip
