@@ -32,6 +32,7 @@ from qfid.quant.awq_block import (
     resolve_block_mappings,
     scaled_inputs,
     search_block_clips,
+    scoring_dtype,
     search_block_scales,
 )
 from qfid.quant.block_capture import BlockBatch, capture_block_inputs
@@ -71,10 +72,12 @@ def _timed(timings: dict[str, float], stage: str):
 
 def awq_quantize(model: nn.Module, spec: ArchSpec, calib_ids: torch.LongTensor, group_size: int,
                  grid: int = 20, clip: bool = True, progress: Progress | None = None,
-                 search_tokens: int = DEFAULT_SEARCH_TOKENS) -> AwqResult:
+                 search_tokens: int = DEFAULT_SEARCH_TOKENS, score_dtype: torch.dtype | None = None) -> AwqResult:
     """Quantize every mapped Linear with AWQ. Afterwards the model holds the scaled (folded)
-    fp weights, so the tensors that stay in full precision (norms, router) can be saved."""
+    fp weights, so the tensors that stay in full precision (norms, router) can be saved.
+    `score_dtype` is what scale candidates are compared in (default: `scoring_dtype()`)."""
     blocks = decoder_blocks(model, spec)
+    score_dtype = score_dtype or scoring_dtype()
     timings: dict[str, float] = defaultdict(float)
     result = AwqResult({}, {}, timings)
     batch_size = max(1, min(len(calib_ids), search_tokens // calib_ids.shape[1]))
@@ -82,7 +85,7 @@ def awq_quantize(model: nn.Module, spec: ArchSpec, calib_ids: torch.LongTensor, 
         batches = capture_block_inputs(model, blocks[0], calib_ids, batch_size)
     for i, block in enumerate(blocks):
         batches = _awq_block(block, f"{spec.blocks}.{i}", spec, batches, group_size, grid, clip,
-                             search_tokens, result)
+                             search_tokens, score_dtype, result)
         if progress is not None:
             progress("awq blocks", i + 1, len(blocks))
     timings["total"] = sum(timings.values())
@@ -90,14 +93,15 @@ def awq_quantize(model: nn.Module, spec: ArchSpec, calib_ids: torch.LongTensor, 
 
 
 def _awq_block(block: nn.Module, prefix: str, spec: ArchSpec, batches: list[BlockBatch], group_size: int,
-               grid: int, clip: bool, search_tokens: int, result: AwqResult) -> list[BlockBatch]:
+               grid: int, clip: bool, search_tokens: int, score_dtype: torch.dtype,
+               result: AwqResult) -> list[BlockBatch]:
     refs = block_linears(block, spec)
     mappings = resolve_block_mappings(block, spec)
     timings = result.timings
     with _timed(timings, "forward"):
         acts, next_batches = gather_activations(block, refs, mappings, batches, search_tokens)
     with _timed(timings, "scale_search"):
-        scales = search_block_scales(block, refs, mappings, acts, group_size, grid)
+        scales = search_block_scales(block, refs, mappings, acts, group_size, grid, score_dtype)
     fold_block_scales(block, mappings, scales)
     clips = {}
     if clip:

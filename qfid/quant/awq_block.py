@@ -14,6 +14,7 @@ keeps s = 1 and plain RTN.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -124,37 +125,76 @@ def _routed_tokens(moe: nn.Module, router: nn.Module, x: torch.Tensor) -> list[t
     return [(chosen == e).any(dim=-1).nonzero().squeeze(1) for e in range(router.weight.shape[0])]
 
 
+def scoring_dtype() -> torch.dtype:
+    """The dtype scale candidates are scored in: bfloat16 where the CPU multiplies it natively
+    (AVX512-BF16 / AMX: ~3x fp32's matmul rate, and the forward passes that score candidates
+    are most of AWQ's time), else float32. Only the *comparison* of candidates runs in it;
+    candidate weights are built and quantized in fp32. bf16 rounding (~0.4% of an output)
+    is an order below INT4's error and adds about the same to every candidate's loss, so
+    the ranking holds (bench/quantize.py's held-out perplexity is the check)."""
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return torch.bfloat16 if native else torch.float32
+
+
 def search_block_scales(block: nn.Module, refs: dict[str, WeightRef], mappings: list[BlockMapping],
-                        acts: BlockActivations, group_size: int, grid: int) -> dict[str, torch.Tensor]:
-    """Best scale per mapping, keyed by smooth layer. Reads the block, never writes it."""
+                        acts: BlockActivations, group_size: int, grid: int,
+                        score_dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Best scale per mapping, keyed by smooth layer. Reads the block, never writes it: with a
+    `score_dtype` other than the block's, candidates are scored on a cast copy of it."""
     scales = {}
+    scorer = _ScoringBlock(block, refs, score_dtype)
     for m in mappings:
         x = acts.inputs[m.inspect]
         weights = [refs[b].get() for b in m.balance]
         if x.shape[0] == 0:
             scales[m.smooth] = torch.ones(weights[0].shape[1])
             continue
-        loss = _inspect_loss(block, refs, m, acts)
+        loss = scorer.loss(m, acts)
         with torch.inference_mode():
             scales[m.smooth], _ = search_scale(activation_means(x), weight_means(weights, group_size),
                                                weights, group_size, grid, loss)
     return scales
 
 
-def _inspect_loss(block: nn.Module, refs: dict[str, WeightRef], m: BlockMapping, acts: BlockActivations):
-    """loss(candidate balance weights) -> MSE of the inspected module's output against fp."""
-    if m.inspect in refs:
-        ref, slot = refs[m.inspect], m.balance.index(m.inspect)
-        x = token_sample(acts.inputs[m.inspect], acts.search_tokens)
+class _ScoringBlock:
+    """The block candidates are scored on (a `dtype` copy when that differs from the
+    block's own) and `loss(mapping, acts)` closures over it."""
+
+    def __init__(self, block: nn.Module, refs: dict[str, WeightRef], dtype: torch.dtype):
+        self.dtype = dtype
+        self.block, self.refs = block, refs
+        if any(p.dtype != dtype for p in block.parameters()):
+            self.block = copy.deepcopy(block).to(dtype)
+            self.refs = {name: block_weight(self.block, name) for name in refs}
+
+    def loss(self, m: BlockMapping, acts: BlockActivations):
+        """loss(candidate balance weights) -> MSE of the inspected module's output against
+        the unquantized output, both computed in `dtype`."""
+        dtype = self.dtype
+        if m.inspect in self.refs:
+            ref, slot = self.refs[m.inspect], m.balance.index(m.inspect)
+            x = token_sample(acts.inputs[m.inspect], acts.search_tokens).to(dtype)
+            with torch.inference_mode():
+                target = F.linear(x, ref.get(), ref.bias)
+            return lambda cands: _mse(F.linear(x, cands[slot].to(dtype), ref.bias), target)
+        module = block_module(self.block, m.inspect)
+        args, kwargs = _cast_floats(_inspect_call(module, acts, m.inspect), dtype)
         with torch.inference_mode():
-            target = F.linear(x, ref.get(), ref.bias)
-        return lambda cands: _mse(F.linear(x, cands[slot], ref.bias), target)
-    module = block_module(block, m.inspect)
-    args, kwargs = _inspect_call(module, acts, m.inspect)
-    with torch.inference_mode():
-        target = _first(module(*args, **kwargs))
-    params = _candidate_params(module, [refs[b] for b in m.balance])
-    return lambda cands: _mse(_first(functional_call(module, params(cands), args, kwargs)), target)
+            target = _first(module(*args, **kwargs))
+        params = _candidate_params(module, [self.refs[b] for b in m.balance])
+        return lambda cands: _mse(_first(functional_call(module, params([c.to(dtype) for c in cands]), args, kwargs)),
+                                  target)
+
+
+def _cast_floats(value, dtype: torch.dtype):
+    """`value` with every floating tensor inside (tuples, lists, dicts) cast to `dtype`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast_floats(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast_floats(v, dtype) for k, v in value.items()}
+    return value
 
 
 def _inspect_call(module: nn.Module, acts: BlockActivations, name: str) -> tuple[tuple, dict]:

@@ -10,12 +10,14 @@ from qfid.models.linears import block_module, decoder_blocks, model_linears
 from qfid.models.loading import load_dense_model, model_arch, read_config
 from qfid.quant.awq import apply_awq_artifact, awq_quantize, scale_key
 from qfid.quant.awq_block import (
+    _ScoringBlock,
     block_linears,
     gather_activations,
     resolve_block_mappings,
     search_block_clips,
     search_block_scales,
 )
+from qfid.quant.awq_search import scaled_candidates
 from qfid.quant.block_capture import capture_block_inputs
 from qfid.quant.calib import load_calibration
 from qfid.quant.primitives import int4_fake_quantize
@@ -102,18 +104,40 @@ def test_scaling_alone_keeps_the_model_function(llama_awq):
     assert not torch.equal(scaled.state_dict()[norm], original.state_dict()[norm])
 
 
-def test_search_leaves_the_block_unchanged(tiny_llama_dir):
-    model, tokenizer, spec = _load(tiny_llama_dir)
+def _first_block_activations(model_dir):
+    model, tokenizer, spec = _load(model_dir)
     block = decoder_blocks(model, spec)[0]
     batches = capture_block_inputs(model, block, _calib(tokenizer), batch_size=4)
     refs, mappings = block_linears(block, spec), resolve_block_mappings(block, spec)
     acts, _ = gather_activations(block, refs, mappings, batches, search_tokens=256)
+    return block, spec, refs, mappings, acts
+
+
+@pytest.mark.parametrize("score_dtype", [torch.float32, torch.bfloat16])
+def test_search_leaves_the_block_unchanged(tiny_llama_dir, score_dtype):
+    block, spec, refs, mappings, acts = _first_block_activations(tiny_llama_dir)
     before = {k: v.clone() for k, v in block.state_dict().items()}
-    scales = search_block_scales(block, refs, mappings, acts, GROUP, grid=20)
+    scales = search_block_scales(block, refs, mappings, acts, GROUP, grid=20, score_dtype=score_dtype)
     search_block_clips(refs, acts.inputs, spec, GROUP)
     assert any(not torch.equal(s, torch.ones_like(s)) for s in scales.values())
     for key, value in block.state_dict().items():
         assert torch.equal(value, before[key]), f"{key} changed during the search"
+
+
+def test_bf16_scoring_picks_scales_as_good_as_fp32_scoring(tiny_llama_dir):
+    """Scoring candidates in bf16 (the default on CPUs with native bf16) must not cost
+    quality: judged by the fp32 loss, its pick is within 2% of the fp32 search's best."""
+    block, _, refs, mappings, acts = _first_block_activations(tiny_llama_dir)
+    fp32_scales = search_block_scales(block, refs, mappings, acts, GROUP, grid=20, score_dtype=torch.float32)
+    bf16_scales = search_block_scales(block, refs, mappings, acts, GROUP, grid=20, score_dtype=torch.bfloat16)
+    judge = _ScoringBlock(block, refs, torch.float32)
+    for m in mappings:
+        loss = judge.loss(m, acts)
+        weights = [refs[b].get() for b in m.balance]
+        with torch.inference_mode():
+            best = loss(scaled_candidates(weights, fp32_scales[m.smooth], GROUP))
+            picked = loss(scaled_candidates(weights, bf16_scales[m.smooth], GROUP))
+        assert picked <= best * 1.02, f"{m.smooth}: bf16 pick {picked:.4e} vs fp32 best {best:.4e}"
 
 
 def test_artifact_replay_gives_identical_int4_weights(tiny_llama_dir, llama_awq):
