@@ -8,10 +8,15 @@ wants: no transpose copy after the gather. Memory traffic, not arithmetic, is wh
 attention costs on a CPU, so this layout is the main speed decision here.
 
 A step's tokens arrive flat: one-token rows (decodes) first, then prefill chunks.
-- Decodes: one gather and two batched matmuls per group of similar context length (a few
-  groups per step, sorted by length, so padding stays small); the query heads that share
-  a KV head are folded into the matmul's row axis (grouped-query attention without
-  repeating K/V); softmax in fp32 with a precomputed 0/-inf padding bias.
+- Decodes, on a CPU with qfid's kernels (the default there): one call of
+  `qfid_cpu::paged_decode_attention`, which reads each sequence's K/V once straight from its
+  blocks (`decode_tables`, `decode_lens`). A gather materialises K/V and the matmuls read
+  them again, so at a few hundred tokens of context the kernel is several times faster.
+- Decodes otherwise (the torch path; also `QFID_KERNEL=reference`): one gather and two
+  batched matmuls per group of similar context length (a few groups per step, sorted by
+  length, so padding stays small); the query heads that share a KV head are folded into
+  the matmul's row axis (grouped-query attention without repeating K/V); softmax in fp32
+  with a precomputed 0/-inf padding bias.
 - Prefill chunks: one SDPA call per chunk (a Python loop over *sequences*, at most a few
   per step). A chunk with no cached context attends causally over its own new K/V with no
   gather at all; a later chunk, or one after a prefix-cache hit, gathers its blocks.
@@ -52,10 +57,14 @@ class AttentionMetadata:
 
     slot_mapping: [T] cache slot (block * block_size + offset) of each new token.
     num_decode_tokens: rows [0, D) are one-token sequences; the rest are prefill chunks.
+    Decode rows come either as `decode_tables` [D, blocks] + `decode_lens` [D] (the CPU
+    kernel) or as `decode_groups` (the torch path), whichever the runner chose.
     """
 
     slot_mapping: torch.Tensor
     num_decode_tokens: int
+    decode_tables: torch.Tensor | None = None
+    decode_lens: torch.Tensor | None = None
     decode_groups: list[DecodeGroup] = field(default_factory=list)
     prefill_chunks: list[PrefillChunk] = field(default_factory=list)
 
@@ -89,6 +98,10 @@ def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor, rows: int) -> torch
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    if meta.decode_tables is not None:
+        from qfid.kernels.cpu import paged_decode_attention
+
+        return paged_decode_attention(q, k_cache, v_cache, meta.decode_tables, meta.decode_lens, scale)
     outputs = [_decode_group(q[group.rows], k_cache, v_cache, group, scale) for group in meta.decode_groups]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 

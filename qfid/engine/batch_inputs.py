@@ -31,7 +31,9 @@ class BatchInputs:
     last_rows: list[int]
 
 
-def prepare_inputs(batch: ScheduledBatch, block_size: int) -> BatchInputs:
+def prepare_inputs(batch: ScheduledBatch, block_size: int, decode_kernel: bool = False) -> BatchInputs:
+    """`decode_kernel`: lay decode rows out for the CPU paged-attention kernel (block tables
+    and lengths) instead of the torch path's length groups."""
     order = sorted(range(len(batch)), key=lambda i: _layout_key(batch, i))
     seqs = [batch.seqs[i] for i in order]
     num_new = [batch.num_new_tokens[i] for i in order]
@@ -48,7 +50,8 @@ def prepare_inputs(batch: ScheduledBatch, block_size: int) -> BatchInputs:
     num_decode = sum(1 for n in num_new if n == 1)
     meta = AttentionMetadata(slot_mapping=slot_mapping, num_decode_tokens=num_decode)
     if num_decode:
-        _add_decode(meta, seqs[:num_decode], [start + 1 for start in starts[:num_decode]], block_size)
+        add = _add_decode_tables if decode_kernel else _add_decode
+        add(meta, seqs[:num_decode], [start + 1 for start in starts[:num_decode]], block_size)
     _add_prefill(meta, seqs[num_decode:], starts[num_decode:], num_new[num_decode:], block_size)
     last_rows = (first_row + lens - 1).tolist()
     return BatchInputs(torch.tensor(tokens), positions, meta, order, seqs, starts, num_new, last_rows)
@@ -65,6 +68,13 @@ def _padded(rows) -> torch.Tensor:
     rows = list(rows)
     width = max(len(row) for row in rows)
     return torch.tensor([row + [0] * (width - len(row)) for row in rows])
+
+
+def _add_decode_tables(meta: AttentionMetadata, seqs, context: list[int], block_size: int) -> None:
+    """Each decode row's block table (padded with block 0, never read past its length) and
+    context length, for the kernel."""
+    meta.decode_tables = _padded(seq.block_table[:-(-length // block_size)] for seq, length in zip(seqs, context))
+    meta.decode_lens = torch.tensor(context)
 
 
 def _add_decode(meta: AttentionMetadata, seqs, context: list[int], block_size: int) -> None:

@@ -6,6 +6,9 @@ OUT`), so its peak RSS is its own and not the high-water mark of whatever ran be
 Every engine gets a warm-up request before the clock starts and is told to produce exactly
 each request's `output_len` tokens (EOS ignored), so tokens/s compares equal work.
 Wall time on a CPU shared with other work is noisy; CPU seconds are recorded next to it.
+
+This module orchestrates and runs the qfid engine; the HF engines are in bench_hf.py, the
+shared records and metrics in bench_trace.py.
 """
 from __future__ import annotations
 
@@ -16,48 +19,21 @@ import sys
 import tempfile
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
+from qfid.engine.bench_hf import hf_cb_runner, hf_static_runner
+from qfid.engine.bench_trace import BenchSpec, EngineResult, Trace, percentile, sleep_until, summarize
 from qfid.engine.workload import BenchRequest
 from qfid.errors import QfidError
+
+__all__ = ["ENGINES", "REQUIRED_KEYS", "SCHEMES", "BenchSpec", "EngineResult", "Trace", "percentile", "resolve_model",
+           "run_all", "run_engine", "run_isolated", "summarize"]
 
 ENGINES = ("qfid", "hf-static", "hf-cb")
 SCHEMES = {"fp32": "float32", "bf16": "bfloat16", "awq-int4": "float32", "fp8": "float32"}
 REQUIRED_KEYS = ("engine", "output_tokens_per_s", "requests_per_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s",
                  "peak_rss_mb")
-
-
-@dataclass
-class BenchSpec:
-    """How every engine loads the model; the qfid-only fields size its KV cache and step."""
-
-    model_dir: str
-    dtype: str = "float32"
-    threads: int | None = None
-    hf_batch: int = 16
-    kv_cache_gb: float = 1.0
-    max_num_batched_tokens: int = 2048
-
-
-@dataclass
-class Trace:
-    """One request's life on absolute `perf_counter` seconds."""
-
-    arrival: float
-    first_token: float | None = None
-    finish: float | None = None
-    token_ids: list[int] = field(default_factory=list)
-
-
-@dataclass
-class EngineResult:
-    """`record` is the JSON line for this engine; `output_lens` lets callers check that
-    every request got exactly the tokens it asked for. `note` explains a skipped engine."""
-
-    record: dict
-    output_lens: list[int] = field(default_factory=list)
-    note: str | None = None
 
 
 # --- choosing what to load -------------------------------------------------------------
@@ -142,7 +118,7 @@ def run_engine(engine: str, spec: BenchSpec, workload: list[BenchRequest]) -> En
     if spec.threads:
         set_num_threads(spec.threads)
     load_start = time.perf_counter()
-    replay, finish = {"qfid": _qfid_runner, "hf-static": _hf_static_runner, "hf-cb": _hf_cb_runner}[engine](spec)
+    replay, finish = {"qfid": _qfid_runner, "hf-static": hf_static_runner, "hf-cb": hf_cb_runner}[engine](spec)
     load_s = time.perf_counter() - load_start
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     traces = replay(workload)
@@ -155,12 +131,6 @@ def run_engine(engine: str, spec: BenchSpec, workload: list[BenchRequest]) -> En
 def peak_rss_mb() -> float:
     """This process's high-water resident set (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _sleep_until(moment: float) -> None:
-    delay = moment - time.perf_counter()
-    if delay > 0:
-        time.sleep(delay)
 
 
 def _greedy(max_tokens: int):
@@ -191,7 +161,7 @@ def _replay_qfid(engine, workload: list[BenchRequest], tracker: "KvTracker") -> 
             i = pending.popleft()
             index_of[engine.add_request(list(workload[i].prompt_ids), _greedy(workload[i].output_len))] = i
         if not engine.has_unfinished():
-            _sleep_until(traces[pending[0]].arrival)
+            sleep_until(traces[pending[0]].arrival)
             continue
         outputs = engine.step()
         now = time.perf_counter()
@@ -241,173 +211,6 @@ class KvTracker:
                 "kv_waste_share": self.peak_waste,
                 "kv_waste_share_mean": 1 - self.filled_slots / self.held_slots if self.held_slots else 0.0,
                 "preemptions": self.engine.scheduler.num_preemptions}
-
-
-def _load_hf(spec: BenchSpec):
-    from qfid.engine.loader import load_model_and_tokenizer
-
-    model, tokenizer, _ = load_model_and_tokenizer(spec.model_dir, spec.dtype)
-    return model, tokenizer
-
-
-class _StepClock:
-    """A `generate` streamer that only timestamps each decoding step (the first `put` is
-    the prompt), so static batching reports when each token existed, not when the batch
-    returned: the kindest reading of its latency."""
-
-    def __init__(self):
-        self.times: list[float] = []
-        self._prompt_seen = False
-
-    def put(self, value) -> None:
-        if self._prompt_seen:
-            self.times.append(time.perf_counter())
-        self._prompt_seen = True
-
-    def end(self) -> None:
-        pass
-
-
-def _hf_static_runner(spec: BenchSpec):
-    model, tokenizer = _load_hf(spec)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    _generate_static(model, pad_id, [BenchRequest(0.0, (1, 2, 3, 4), 2)])  # warm-up
-    return (lambda workload: _replay_static(model, pad_id, workload, spec.hf_batch)), dict
-
-
-def _replay_static(model, pad_id: int, workload: list[BenchRequest], batch_size: int) -> list[Trace]:
-    """When the previous batch is done, take up to `batch_size` requests that have arrived
-    (waiting for the next one if none has) and run them to the batch's longest output."""
-    start = time.perf_counter()
-    traces = [Trace(start + r.arrival_s) for r in workload]
-    pending = deque(sorted(range(len(workload)), key=lambda i: workload[i].arrival_s))
-    while pending:
-        _sleep_until(traces[pending[0]].arrival)
-        now = time.perf_counter()
-        batch = []
-        while pending and len(batch) < batch_size and traces[pending[0]].arrival <= now:
-            batch.append(pending.popleft())
-        tokens, times = _generate_static(model, pad_id, [workload[i] for i in batch])
-        for i, row in zip(batch, tokens):
-            length = workload[i].output_len
-            traces[i].token_ids, traces[i].first_token, traces[i].finish = row[:length], times[0], times[length - 1]
-    return traces
-
-
-def _generate_static(model, pad_id: int, requests: list[BenchRequest]) -> tuple[list[list[int]], list[float]]:
-    """Left-padded greedy `generate`; min_new_tokens = max_new_tokens keeps EOS from ending
-    any row early. Returns each row's new tokens and the time of each step."""
-    import torch
-
-    width = max(len(r.prompt_ids) for r in requests)
-    ids = torch.tensor([[pad_id] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests])
-    mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests])
-    steps = max(r.output_len for r in requests)
-    clock = _StepClock()
-    with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
-                             do_sample=False, pad_token_id=pad_id, streamer=clock)
-    return out[:, width:].tolist(), clock.times
-
-
-def _hf_cb_runner(spec: BenchSpec):
-    model, _ = _load_hf(spec)
-    if not hasattr(model, "init_continuous_batching"):
-        raise QfidError("this transformers has no continuous batching (init_continuous_batching)")
-    from transformers import GenerationConfig
-
-    config = GenerationConfig(do_sample=False, max_new_tokens=16, eos_token_id=-1)
-    manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=_cb_config(model, spec))
-    manager.start()
-    try:
-        _collect_cb(manager, {_add_cb(manager, "warmup", BenchRequest(0.0, (1, 2, 3, 4), 2)): Trace(0.0)})
-    except BaseException:
-        manager.stop(block=True)
-        raise
-
-    def finish() -> dict:
-        manager.stop(block=True)
-        return {}
-
-    return (lambda workload: _replay_cb(manager, workload)), finish
-
-
-def _cb_config(model, spec: BenchSpec):
-    """The same KV budget and step token budget as the qfid engine. Left alone, HF sizes its
-    cache from the free memory of the device -- on CPU, most of the machine's RAM, zeroed."""
-    from transformers import ContinuousBatchingConfig
-
-    config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    bytes_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * model.dtype.itemsize
-    cb = ContinuousBatchingConfig(max_batch_tokens=spec.max_num_batched_tokens)
-    cb.num_blocks = max(1, int(spec.kv_cache_gb * 2 ** 30) // (bytes_per_token * cb.page_size))
-    return cb
-
-
-def _add_cb(manager, request_id: str, request: BenchRequest) -> str:
-    """EOS id -1 switches EOS off for the request, like ignore_eos."""
-    manager.add_request(list(request.prompt_ids), request_id=request_id, max_new_tokens=request.output_len,
-                        eos_token_id=-1, record_timestamps=True)
-    return request_id
-
-
-def _replay_cb(manager, workload: list[BenchRequest]) -> list[Trace]:
-    """Requests go to HF's background generation thread at their arrival times; results
-    carry per-token timestamps on the same perf_counter clock."""
-    start = time.perf_counter()
-    traces = [Trace(start + r.arrival_s) for r in workload]
-    by_id = {}
-    for i in sorted(range(len(workload)), key=lambda i: workload[i].arrival_s):
-        _sleep_until(traces[i].arrival)
-        by_id[_add_cb(manager, f"bench-{i}", workload[i])] = traces[i]
-    _collect_cb(manager, by_id)
-    return traces
-
-
-def _collect_cb(manager, traces: dict[str, Trace]) -> None:
-    waiting = set(traces)
-    while waiting:
-        result = manager.get_result(timeout=0.5)
-        if result is None:
-            if not manager.is_running():
-                raise QfidError("HF continuous batching stopped before finishing all requests")
-            continue
-        if result.is_finished() and result.request_id in waiting:
-            if result.error is not None:
-                raise QfidError(f"HF continuous batching failed a request: {result.error}")
-            trace = traces[result.request_id]
-            stamps = result.timestamps or [time.perf_counter()]
-            trace.token_ids, trace.first_token, trace.finish = list(result.generated_tokens), stamps[0], stamps[-1]
-            waiting.discard(result.request_id)
-
-
-# --- metrics ---------------------------------------------------------------------------
-
-def summarize(engine: str, traces: list[Trace], wall_s: float, cpu_s: float) -> dict:
-    """Throughput over the whole replay; TTFT from arrival to first token; TPOT is a
-    request's decode time over its tokens after the first."""
-    output_tokens = sum(len(t.token_ids) for t in traces)
-    ttft = [t.first_token - t.arrival for t in traces]
-    tpot = [(t.finish - t.first_token) / (len(t.token_ids) - 1) for t in traces if len(t.token_ids) > 1]
-    return {
-        "engine": engine, "requests": len(traces), "output_tokens": output_tokens,
-        "wall_s": wall_s, "cpu_s": cpu_s, "cpu_per_wall": cpu_s / wall_s,
-        "output_tokens_per_s": output_tokens / wall_s, "requests_per_s": len(traces) / wall_s,
-        "ttft_p50_s": percentile(ttft, 50), "ttft_p99_s": percentile(ttft, 99),
-        "tpot_p50_s": percentile(tpot, 50), "tpot_p99_s": percentile(tpot, 99),
-    }
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default); 0.0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def _worker_main(job_path: str, out_path: str) -> None:

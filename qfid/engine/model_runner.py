@@ -53,6 +53,7 @@ class ModelRunner:
         layers, kv_heads, dim = model.kv_shape
         shape = (kv_heads, num_blocks, block_size, dim)
         self.kv_caches = [(lazy_zeros(shape, model.dtype), lazy_zeros(shape, model.dtype)) for _ in range(layers)]
+        self.decode_kernel = _decode_kernel_available(model)
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -60,7 +61,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> StepOutput:
-        inputs = prepare_inputs(batch, self.block_size)
+        inputs = prepare_inputs(batch, self.block_size, self.decode_kernel)
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.attention, self.kv_caches)
         sampling = [i for i, seq in enumerate(inputs.seqs) if inputs.starts[i] + inputs.num_new[i] == seq.num_tokens]
         prompt_rows = _prompt_logprob_rows(inputs)
@@ -93,6 +94,13 @@ class ModelRunner:
         entries = logprob_entries(logprobs, targets, [inputs.seqs[i].params.prompt_logprobs for i, _, _ in prompt_rows])
         for (i, position, _), entry in zip(prompt_rows, entries):
             output.prompt_logprobs[inputs.order[i]][position] = entry
+
+
+def _decode_kernel_available(model) -> bool:
+    from qfid.kernels.cpu import paged_decode_supported
+
+    _, kv_heads, dim = model.kv_shape
+    return paged_decode_supported(torch.device("cpu"), model.dtype, model.config.num_attention_heads, kv_heads, dim)
 
 
 def _prompt_logprob_rows(inputs: BatchInputs) -> list[tuple[int, int, int]]:

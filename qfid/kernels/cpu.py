@@ -60,3 +60,22 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
         return reference.fp8_linear(x, weight, weight_scale, bias, input_scale, quantize_activations)
     x = reference.rounded_activations(x, input_scale, quantize_activations)
     return torch.ops.qfid_cpu.fp8_gemm(weight.view(torch.uint8), x, weight_scale, bias)
+
+
+def paged_decode_supported(device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int) -> bool:
+    """Whether `paged_decode_attention` can run this model's decode attention: CPU tensors
+    (with QFID_KERNEL not forcing another backend), a dtype it reads, head_dim a multiple of
+    16 up to 256 and at most 16 query heads per KV head (the kernel keeps them in registers)."""
+    from qfid.kernels.dispatch import select_backend
+
+    shape_ok = head_dim % 16 == 0 and head_dim <= 256 and heads % kv_heads == 0 and heads // kv_heads <= 16
+    return (shape_ok and dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and select_backend(device) == "cpu" and load_cpu_ops())
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                           context_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """One query token per sequence over its paged context: q [seqs, heads, d], caches
+    [kv_heads, blocks, block_size, d] -> [seqs, heads, d]; K/V read once, straight from
+    the blocks (kernels/cpu/paged_attention.cpp)."""
+    return torch.ops.qfid_cpu.paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)

@@ -21,7 +21,7 @@ from qfid.paths import bundled_dir, cache_dir
 
 log = logging.getLogger(__name__)
 
-_SOURCES = ("int4_gemm.cpp", "fp8_gemm.cpp")
+_SOURCES = ("int4_gemm.cpp", "fp8_gemm.cpp", "paged_attention.cpp")
 _HEADERS = ("bf16_dot.h", "activations.h")
 _REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512vbmi", "f16c", "fma")
 _CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vbmi", "-mf16c", "-mfma", "-fopenmp"]

@@ -66,8 +66,27 @@ def check_logprobs(model, prompt: list[int], output, top: int) -> None:
         assert abs(value - reference[position - 1, prompt[position]].item()) < LOGPROB_TOLERANCE
 
 
-def test_one_request_matches_hf_tokens_and_logprobs(model_dir, hf_model):
+@pytest.fixture(params=["cpu-kernel", "torch"])
+def decode_path(request, monkeypatch):
+    """Both decode-attention paths: qfid's CPU paged-attention kernel (the default where it
+    builds) and the torch gather path (what QFID_KERNEL=reference selects)."""
+    if request.param == "torch":
+        monkeypatch.setenv("QFID_KERNEL", "reference")
+    else:
+        from qfid.kernels.cpu_build import load_cpu_ops
+
+        if not load_cpu_ops():
+            pytest.skip("qfid CPU kernels unavailable here")
+    return request.param
+
+
+def _check_path(llm, decode_path: str) -> None:
+    assert llm.engine.model_runner.decode_kernel == (decode_path == "cpu-kernel")
+
+
+def test_one_request_matches_hf_tokens_and_logprobs(model_dir, hf_model, decode_path):
     llm = LLM(model_dir, num_kv_blocks=32)
+    _check_path(llm, decode_path)
     prompt = random_prompts(hf_model.config.vocab_size, [37])[0]
     params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, logprobs=3, prompt_logprobs=2)
     (output,) = llm.generate([prompt], params)
@@ -76,7 +95,7 @@ def test_one_request_matches_hf_tokens_and_logprobs(model_dir, hf_model):
     check_logprobs(hf_model, prompt, output, top=3)
 
 
-def test_32_concurrent_requests_with_chunked_prefill_and_preemption(model_dir, hf_model):
+def test_32_concurrent_requests_with_chunked_prefill_and_preemption(model_dir, hf_model, decode_path):
     vocab = hf_model.config.vocab_size
     lengths = [3, 100, 17, 64, 9, 45, 80, 1, 33, 56, 120, 12, 70, 28, 5, 90]
     prompts = random_prompts(vocab, lengths, seed=1)
@@ -84,6 +103,7 @@ def test_32_concurrent_requests_with_chunked_prefill_and_preemption(model_dir, h
     max_tokens = [8 + (7 * i) % 17 for i in range(32)]
     # 24 blocks x 16 = 384 slots for ~2,600 tokens of demand; a 64-token budget chunks the long prompts
     llm = LLM(model_dir, num_kv_blocks=24, max_num_batched_tokens=64)
+    _check_path(llm, decode_path)
     params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, logprobs=1, prompt_logprobs=0 if i % 4 == 0 else None)
               for i, n in enumerate(max_tokens)]
     outputs = llm.generate(prompts, params)
@@ -103,9 +123,12 @@ def test_32_concurrent_requests_with_chunked_prefill_and_preemption(model_dir, h
 
 
 def test_decode_rows_of_very_different_lengths_split_into_groups(model_dir, hf_model, monkeypatch):
-    """Many short and many long sequences decoding together: the rows are grouped by
-    context length (each group padded only to its own longest) and still match HF."""
+    """Many short and many long sequences decoding together on the torch decode path (the
+    CPU kernel is switched off): the rows are grouped by context length (each group padded
+    only to its own longest) and still match HF."""
     import qfid.engine.batch_inputs as batch_inputs
+
+    monkeypatch.setenv("QFID_KERNEL", "reference")
 
     group_counts = []
     split = batch_inputs._length_groups

@@ -148,3 +148,45 @@ def test_kernels_run_under_inference_mode_and_grad_mode(batch, mode):
     ref_x = x.detach().double()
     assert cases.rel_err(y.detach(), ref_x @ f.dequantize(torch.float64).T) < cases.TOL[torch.float32]
     assert cases.rel_err(y4.detach(), ref_x @ q.dequantize(torch.float64).T) < cases.TOL[torch.float32]
+
+
+def paged_reference(q, k_cache, v_cache, block_tables, lens, scale):
+    """Float64 attention per sequence over its context read through the block table, in
+    the engine's cache layout [kv_heads, blocks, block_size, d], K/V heads repeated."""
+    kv_heads, _, block_size, dim = k_cache.shape
+    heads = q.shape[1]
+    outs = []
+    for b, length in enumerate(lens.tolist()):
+        slots = (block_tables[b].long()[:, None] * block_size + torch.arange(block_size)).reshape(-1)[:length]
+        k = k_cache.reshape(kv_heads, -1, dim)[:, slots].double().repeat_interleave(heads // kv_heads, 0)
+        v = v_cache.reshape(kv_heads, -1, dim)[:, slots].double().repeat_interleave(heads // kv_heads, 0)
+        p = (torch.einsum("hd,hld->hl", q[b].double(), k) * scale).softmax(-1)
+        outs.append(torch.einsum("hl,hld->hd", p, v))
+    return torch.stack(outs)
+
+
+@needs_kernels
+@pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (4, 4, 32), (8, 1, 16), (6, 2, 128)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("seqs", [1, 3, 17])
+def test_paged_decode_attention(heads, kv_heads, dim, dtype, seqs):
+    """Lengths 1, a block edge + 1, partial blocks and full tables, over shuffled blocks."""
+    g = torch.Generator().manual_seed(seqs * heads + dim)
+    blocks, block_size, width = 40, 16, 4
+    lens = torch.tensor([[1, 17, 40, 64, 3][i % 5] for i in range(seqs)])
+    tables = torch.stack([torch.randperm(blocks, generator=g)[:width] for _ in range(seqs)]).int()
+    q = torch.randn(seqs, heads, dim, generator=g).to(dtype)
+    k_cache = torch.randn(kv_heads, blocks, block_size, dim, generator=g).to(dtype)
+    v_cache = torch.randn(kv_heads, blocks, block_size, dim, generator=g).to(dtype)
+    out = cpu.paged_decode_attention(q, k_cache, v_cache, tables, lens, dim ** -0.5)
+    assert out.dtype == dtype and out.shape == q.shape
+    ref = paged_reference(q, k_cache, v_cache, tables, lens, dim ** -0.5)
+    assert cases.rel_err(out, ref) < cases.TOL[dtype]
+    assert torch.equal(out, cpu.paged_decode_attention(q, k_cache, v_cache, tables.long(), lens, dim ** -0.5))
+
+
+@needs_kernels
+def test_paged_decode_attention_rejects_a_length_past_its_table():
+    q, cache = torch.randn(1, 2, 16), torch.randn(2, 4, 16, 16)
+    with pytest.raises(RuntimeError, match="context lengths"):
+        cpu.paged_decode_attention(q, cache, cache, torch.zeros(1, 1, dtype=torch.int32), torch.tensor([17]), 0.25)
