@@ -50,6 +50,21 @@ class Int4Linear(_QuantizedLinear):
         memory keeps its own scale dtype so it decodes to the same weights."""
         return cls(*pack_awq_gemm(q, scale_dtype), group_size=q.group_size, bias=bias)
 
+    @classmethod
+    def concatenated(cls, parts: list["Int4Linear"]) -> "Int4Linear | None":
+        """One layer computing `parts` side by side (q/k/v, gate/up), or None when they
+        cannot share one: the GEMM layout packs 8 output columns per int32, so outputs that
+        are multiples of 8 concatenate exactly along the packed axis."""
+        first = parts[0]
+        same = all(p.group_size == first.group_size and p.scales.dtype == first.scales.dtype
+                   and p.in_features == first.in_features and p.out_features % 8 == 0 for p in parts)
+        biases = [p.bias for p in parts]
+        if not same or (any(b is None for b in biases) and not all(b is None for b in biases)):
+            return None
+        return cls(torch.cat([p.qweight for p in parts], 1), torch.cat([p.qzeros for p in parts], 1),
+                   torch.cat([p.scales for p in parts], 1), first.group_size,
+                   None if biases[0] is None else torch.cat(biases))
+
     def int4_weight(self) -> Int4Weight:
         return unpack_awq_gemm(self.qweight, self.qzeros, self.scales, self.group_size)
 
@@ -88,6 +103,20 @@ class Fp8Linear(_QuantizedLinear):
     def from_fp8(cls, f: Fp8Weight, bias: torch.Tensor | None = None, quantize_activations: bool = True) -> "Fp8Linear":
         return cls(f.weight, f.scale, f.input_scale, bias, quantize_activations)
 
+    @classmethod
+    def concatenated(cls, parts: list["Fp8Linear"]) -> "Fp8Linear | None":
+        """One layer computing `parts` side by side, when their weights have per-channel
+        scales and their activations are rounded alike (same static scale, or per token)."""
+        first = parts[0]
+        if not all(p.weight_scale.numel() == p.out_features and p.quantize_activations == first.quantize_activations
+                   and _same_optional(p.input_scale, first.input_scale) for p in parts):
+            return None
+        biases = [p.bias for p in parts]
+        if any(b is None for b in biases) and not all(b is None for b in biases):
+            return None
+        return cls(torch.cat([p.weight for p in parts]), torch.cat([p.weight_scale.reshape(-1, 1) for p in parts]),
+                   first.input_scale, None if biases[0] is None else torch.cat(biases), first.quantize_activations)
+
     def fp8_weight(self) -> Fp8Weight:
         return Fp8Weight(self.weight, self.weight_scale, self.input_scale)
 
@@ -104,3 +133,7 @@ class Fp8Linear(_QuantizedLinear):
         acts = "static" if self.input_scale is not None else "dynamic" if self.quantize_activations else "none"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"weight_scale={scale}, activations={acts}, bias={self.bias is not None}")
+
+
+def _same_optional(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))

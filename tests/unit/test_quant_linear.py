@@ -56,3 +56,29 @@ def test_fp8_linear_static_and_weight_only():
     weight_only = Fp8Linear.from_fp8(f, quantize_activations=False)
     assert torch.equal(weight_only(x), F.linear(x, f.dequantize()))
     assert set(static.state_dict()) == {"weight", "weight_scale", "input_scale"}
+
+
+def test_concatenated_int4_layers_decode_to_the_stacked_weights():
+    """q/k/v fusion: the concatenated layer's weights are the parts' weights stacked, bit
+    for bit, and it refuses parts it cannot hold in one GEMM layout."""
+    parts = [Int4Linear.from_int4(int4_quantize(_inputs(seed)[0][:rows], 32), _inputs(seed)[1][:rows])
+             for seed, rows in ((0, 96), (1, 32), (2, 64))]
+    fused = Int4Linear.concatenated(parts)
+    assert torch.equal(fused.dequantize(), torch.cat([p.dequantize() for p in parts]))
+    assert torch.equal(fused.bias, torch.cat([p.bias for p in parts]))
+    x = _inputs()[2]
+    assert torch.equal(fused(x), torch.cat([p(x) for p in parts], dim=-1))
+    other_group = Int4Linear.from_int4(int4_quantize(_inputs(3)[0], 64), _inputs(3)[1])
+    assert Int4Linear.concatenated([parts[0], other_group]) is None
+    unbiased = Int4Linear.from_int4(int4_quantize(_inputs(4)[0], 32))
+    assert Int4Linear.concatenated([parts[0], unbiased]) is None
+
+
+def test_concatenated_fp8_layers_need_per_channel_scales():
+    w, bias, x = _inputs()
+    per_channel = [Fp8Linear.from_fp8(fp8_quantize(w[i:i + 32], per_channel=True), bias[i:i + 32]) for i in (0, 32, 64)]
+    fused = Fp8Linear.concatenated(per_channel)
+    assert torch.equal(fused.dequantize(), torch.cat([p.dequantize() for p in per_channel]))
+    assert torch.equal(fused(x), torch.cat([p(x) for p in per_channel], dim=-1))
+    per_tensor = Fp8Linear.from_fp8(fp8_quantize(w[:32], per_channel=False), bias[:32])
+    assert Fp8Linear.concatenated([per_channel[0], per_tensor]) is None
