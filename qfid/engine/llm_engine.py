@@ -88,19 +88,27 @@ class LLMEngine:
             text=text,
             finish_reason=seq.finish_reason,
             logprobs=list(seq.output_logprobs) if params.logprobs is not None else None,
-            prompt_logprobs=list(seq.prompt_logprobs) if params.prompt_logprobs is not None else None,
+            prompt_logprobs=_full_prompt_logprobs(seq) if params.prompt_logprobs is not None else None,
         )
 
 
 def record_logprobs(batch: ScheduledBatch, output: StepOutput) -> None:
-    """Append this step's logprob entries; prompt positions arrive in order and a position
-    already scored before a preemption is not scored twice."""
+    """Append this step's logprob entries; prompt positions arrive in order, a position
+    already scored before a preemption is not scored twice, and positions skipped before
+    `prompt_logprobs_start` read None."""
     for seq, entry, prompt_entries in zip(batch.seqs, output.logprobs, output.prompt_logprobs):
         if entry is not None:
             seq.output_logprobs.append(entry)
         for position in sorted(prompt_entries):
-            if position == len(seq.prompt_logprobs):
+            if position >= len(seq.prompt_logprobs):
+                seq.prompt_logprobs.extend([None] * (position - len(seq.prompt_logprobs)))
                 seq.prompt_logprobs.append(prompt_entries[position])
+
+
+def _full_prompt_logprobs(seq) -> list[dict[int, float] | None]:
+    """One entry per prompt token, None where nothing was scored."""
+    entries = list(seq.prompt_logprobs)
+    return entries + [None] * (seq.num_prompt_tokens - len(entries))
 
 
 def default_num_blocks(model, config: EngineConfig, max_model_len: int) -> int:

@@ -106,12 +106,12 @@ def _decode_kernel_available(model) -> bool:
 def _prompt_logprob_rows(inputs: BatchInputs) -> list[tuple[int, int, int]]:
     """(laid-out index, prompt position predicted, flat row) for every prompt token this
     chunk can score: the logits at position p score token p + 1. Positions a sequence
-    already scored (before a preemption) are skipped."""
+    already scored (before a preemption) or before its `prompt_logprobs_start` are skipped."""
     rows = []
     first_row = 0
     for i, (seq, start, n) in enumerate(zip(inputs.seqs, inputs.starts, inputs.num_new)):
         if seq.params.prompt_logprobs is not None:
-            first_target = max(start + 1, len(seq.prompt_logprobs))
+            first_target = max(start + 1, len(seq.prompt_logprobs), seq.params.prompt_logprobs_start)
             for target in range(first_target, min(start + n, seq.num_prompt_tokens - 1) + 1):
                 rows.append((i, target, first_row + target - 1 - start))
         first_row += n

@@ -23,8 +23,11 @@ MAX_LOGPROBS = 20
 class SamplingParams:
     """`temperature=0` is greedy. `top_k=0` (or -1) and `top_p=1` switch those cuts off.
     `logprobs=k` returns, per generated token, its logprob and the k most likely;
-    `prompt_logprobs=k` the same for every prompt token after the first (0: the actual
-    token only). `stop` strings end generation and are cut from the text."""
+    `prompt_logprobs=k` the same for every prompt token from position
+    `prompt_logprobs_start` on (default 1: all after the first; 0: the actual token only);
+    earlier positions read None and cost no LM-head rows, which is what scoring a short
+    continuation after a long context wants. `stop` strings end generation and are cut
+    from the text."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -36,6 +39,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    prompt_logprobs_start: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -49,6 +53,8 @@ class SamplingParams:
         _check(isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be >= 0 (or -1 for off); got {self.top_k}")
         _check(0 < self.top_p <= 1, f"top_p must be in (0, 1]; got {self.top_p}")
         _check(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
+        _check(isinstance(self.prompt_logprobs_start, int) and self.prompt_logprobs_start >= 1,
+               f"prompt_logprobs_start must be >= 1; got {self.prompt_logprobs_start}")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             _check(value is None or 0 <= value <= MAX_LOGPROBS, f"{name} must be between 0 and {MAX_LOGPROBS}; got {value}")

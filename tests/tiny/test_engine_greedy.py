@@ -143,3 +143,17 @@ def test_decode_rows_of_very_different_lengths_split_into_groups(model_dir, hf_m
         reference = hf_logprobs(hf_model, prompt + output.token_ids)
         for i, (token, entry) in enumerate(zip(output.token_ids, output.logprobs)):
             assert abs(entry[token] - reference[len(prompt) - 1 + i, token].item()) < LOGPROB_TOLERANCE
+
+
+def test_prompt_logprobs_start_scores_only_the_tail(model_dir, hf_model):
+    """Scoring a continuation: positions before `prompt_logprobs_start` read None, the rest
+    equal HF's log_softmax, under chunked prefill that splits the prompt."""
+    prompt = random_prompts(hf_model.config.vocab_size, [70], seed=5)[0]
+    llm = LLM(model_dir, num_kv_blocks=32, max_num_batched_tokens=32)
+    params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True, prompt_logprobs=0, prompt_logprobs_start=66)
+    (output,) = llm.generate([prompt], params)
+    assert len(output.prompt_logprobs) == len(prompt)
+    assert all(entry is None for entry in output.prompt_logprobs[:66])
+    reference = hf_logprobs(hf_model, prompt)
+    for position in range(66, len(prompt)):
+        assert abs(output.prompt_logprobs[position][prompt[position]] - reference[position - 1, prompt[position]].item()) < LOGPROB_TOLERANCE

@@ -2,7 +2,8 @@
 paged continuous-batching engine at once, so scoring and generation share its batching.
 
 Log-likelihoods come from the engine's prompt logprobs: the whole (context + continuation)
-is submitted as a prompt with `prompt_logprobs=k`, and each continuation position reads the
+is submitted as a prompt with `prompt_logprobs=k` starting at the continuation (so the LM head
+runs on its few positions, not the whole context), and each continuation position reads the
 actual token's logprob (always present) and its top-k. Greedy generation is temperature 0.
 Tokenisation is lm-eval's, shared with the HF backend, so both score identical token ids.
 """
@@ -46,8 +47,10 @@ class EngineBackend(TokenScoring):
     def score_token_pairs(self, pairs: list[tuple[list[int], list[int]]], top_k: int) -> list[Loglikelihood]:
         from qfid.engine.sampling import SamplingParams
 
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=max(top_k, GREEDY_PROBE_K), ignore_eos=True)
         prompts = [(ctx + cont)[-self.max_length:] for ctx, cont in pairs]
+        params = [SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=max(top_k, GREEDY_PROBE_K),
+                                 prompt_logprobs_start=max(1, len(prompt) - len(cont)), ignore_eos=True)
+                  for prompt, (_, cont) in zip(prompts, pairs)]
         outputs = self.llm.generate(prompts, params)
         return [_continuation_score(out.prompt_logprobs, cont, top_k) for out, (_, cont) in zip(outputs, pairs)]
 
