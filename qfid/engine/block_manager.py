@@ -80,15 +80,17 @@ class BlockManager:
 
     def match_prefix(self, seq: Sequence) -> int:
         """Reuse cached blocks for the longest cached prefix of a sequence that holds no
-        blocks yet; returns the number of tokens that need no computing. The last prompt
-        token is never served from cache: its logits are needed to sample."""
+        blocks yet; returns the number of tokens that need no computing. Only whole blocks
+        within `seq.cacheable_tokens` qualify (never the last prompt token, whose logits are
+        needed to sample, nor positions whose prompt logprobs were asked for)."""
         if seq.block_table or seq.num_computed_tokens:
             raise RuntimeError(f"prefix matching needs a fresh sequence; got {seq}")
-        if not (self.enable_prefix_caching and seq.uses_prefix_cache):
+        cacheable_blocks = seq.cacheable_tokens // self.block_size
+        if not (self.enable_prefix_caching and cacheable_blocks):
             return 0
-        self._extend_hashes(seq, (seq.num_tokens - 1) // self.block_size)
+        self._extend_hashes(seq, cacheable_blocks)
         self.prefix_queries += 1
-        for index, block_hash in enumerate(seq.block_hashes[:(seq.num_tokens - 1) // self.block_size]):
+        for index, block_hash in enumerate(seq.block_hashes[:cacheable_blocks]):
             block_id = self._cached.get(block_hash)
             if block_id is None or self.blocks[block_id].token_ids != seq.block_tokens(index, self.block_size):
                 break

@@ -71,10 +71,14 @@ class Sequence:
         return self.status is SequenceStatus.FINISHED
 
     @property
-    def uses_prefix_cache(self) -> bool:
-        """Prompt logprobs need logits at every prompt position, so a request that asks for
-        them must compute its whole prompt rather than reuse cached blocks."""
-        return getattr(self.params, "prompt_logprobs", None) is None
+    def cacheable_tokens(self) -> int:
+        """How many leading tokens may be served from the prefix cache: all but the last
+        (its logits are needed to sample); with prompt logprobs, only those before the first
+        position whose logits are needed (`prompt_logprobs_start - 1`)."""
+        limit = self.num_tokens - 1
+        if getattr(self.params, "prompt_logprobs", None) is not None:
+            limit = min(limit, getattr(self.params, "prompt_logprobs_start", 1) - 1)
+        return max(0, limit)
 
     def block_tokens(self, index: int, block_size: int) -> tuple[int, ...]:
         return tuple(self.token_ids[index * block_size:(index + 1) * block_size])

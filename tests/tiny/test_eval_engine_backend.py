@@ -42,3 +42,16 @@ def test_greedy_generation_matches_hf(backends):
     hf, engine = backends
     prompts = ["The tenant shall", "Der Vertrag endet am", "1 2 3"]
     assert engine.generate(prompts, 12, ["\n\n"]) == hf.generate(prompts, 12, ["\n\n"])
+
+
+def test_choices_sharing_a_long_context_reuse_it_and_match_hf(backends):
+    """Four choices after one long context: the second wave finds the context in the prefix
+    cache (hits counted) and every score still equals HF's."""
+    hf, engine = backends
+    context = "The lease between the parties states that the tenant shall pay rent monthly. " * 3 + "Question: when is rent due?"
+    requests = [(context, choice) for choice in (" monthly", " weekly", " yearly", " never")]
+    hits_before = engine.llm.engine.block_manager.prefix_hits
+    got, expected = engine.loglikelihood(requests, top_k=2), hf.loglikelihood(requests, top_k=2)
+    assert engine.llm.engine.block_manager.prefix_hits - hits_before == 3
+    for e, g in zip(expected, got):
+        assert g.logprob == pytest.approx(e.logprob, abs=1e-4) and g.is_greedy == e.is_greedy

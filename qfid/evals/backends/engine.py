@@ -5,7 +5,9 @@ Log-likelihoods come from the engine's prompt logprobs: the whole (context + con
 is submitted as a prompt with `prompt_logprobs=k` starting at the continuation (so the LM head
 runs on its few positions, not the whole context), and each continuation position reads the
 actual token's logprob (always present) and its top-k. Greedy generation is temperature 0.
-Tokenisation is lm-eval's, shared with the HF backend, so both score identical token ids.
+Choices that share a context are scored in a second wave that finds the context in the
+engine's prefix cache. Tokenisation is lm-eval's, shared with the HF backend, so both score
+identical token ids.
 """
 from __future__ import annotations
 
@@ -51,8 +53,10 @@ class EngineBackend(TokenScoring):
         params = [SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=max(top_k, GREEDY_PROBE_K),
                                  prompt_logprobs_start=max(1, len(prompt) - len(cont)), ignore_eos=True)
                   for prompt, (_, cont) in zip(prompts, pairs)]
-        outputs = self.llm.generate(prompts, params)
-        return [_continuation_score(out.prompt_logprobs, cont, top_k) for out, (_, cont) in zip(outputs, pairs)]
+        outputs: dict[int, object] = {}
+        for wave in _prefix_waves(prompts, params):
+            outputs.update(zip(wave, self.llm.generate([prompts[i] for i in wave], [params[i] for i in wave])))
+        return [_continuation_score(outputs[i].prompt_logprobs, cont, top_k) for i, (_, cont) in enumerate(pairs)]
 
     def generate(self, prompts: list[str], max_tokens: int, stop: list[str]) -> list[str]:
         from qfid.engine.sampling import SamplingParams
@@ -60,6 +64,19 @@ class EngineBackend(TokenScoring):
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=tuple(stop))
         encoded = [self.encode(p)[-(self.max_length - max_tokens):] for p in prompts]
         return [cut_at_stop(out.text, stop) for out in self.llm.generate(encoded, params)]
+
+
+def _prefix_waves(prompts: list[list[int]], params) -> list[list[int]]:
+    """Request indices in two waves: the first request of each distinct context, then the
+    rest. Choices of one question share its context; once the first wave has computed it,
+    the second wave's requests find it in the prefix cache and compute only their
+    continuations (about 3-4x fewer tokens for a four-choice suite). Empty waves dropped."""
+    first, rest, seen = [], [], set()
+    for i, (prompt, p) in enumerate(zip(prompts, params)):
+        context = tuple(prompt[:p.prompt_logprobs_start - 1])
+        (rest if context in seen else first).append(i)
+        seen.add(context)
+    return [wave for wave in (first, rest) if wave]
 
 
 def _continuation_score(prompt_logprobs: list[dict[int, float] | None], continuation: list[int], top_k: int) -> Loglikelihood:
