@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -42,12 +40,10 @@ def worker(model: str, scheme: str, batch: int, context: int, steps: int) -> dic
 
 
 def run_subprocess(model: str, scheme: str, batch: int, context: int, steps: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--model", model, "--schemes", scheme, "--batches", str(batch),
-           "--context", str(context), "--steps", str(steps)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{scheme} batch {batch} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from _worker import run_worker
+
+    return run_worker(__file__, ["--model", model, "--schemes", scheme, "--batches", str(batch), "--context",
+                                 str(context), "--steps", str(steps)], f"{scheme} batch {batch}")
 
 
 def render(rows: list[dict]) -> None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,12 +52,10 @@ def baseline(model: str) -> dict:
 
 
 def run_scheme_subprocess(model: str, scheme: str, out_dir: str, samples: int, seq_len: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", scheme, "--model", model, "--out", out_dir,
-           "--samples", str(samples), "--seq-len", str(seq_len)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{scheme} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from _worker import run_worker
+
+    return run_worker(__file__, [scheme, "--model", model, "--out", out_dir, "--samples", str(samples),
+                                 "--seq-len", str(seq_len)], scheme)
 
 
 def render(records: list[dict]) -> None:
