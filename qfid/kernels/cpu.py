@@ -62,13 +62,16 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     return torch.ops.qfid_cpu.fp8_gemm(weight.view(torch.uint8), x, weight_scale, bias)
 
 
+PAGED_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
+
+
 def paged_decode_supported(device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int) -> bool:
     """Whether `paged_decode_attention` can run this model's decode attention: CPU tensors
-    (with QFID_KERNEL not forcing another backend), a dtype it reads, head_dim a multiple of
-    16 up to 256 and at most 16 query heads per KV head (the kernel keeps them in registers)."""
+    (with QFID_KERNEL not forcing another backend), a dtype it reads, and a head_dim it was
+    compiled for (the vector count is a template constant so accumulators stay in registers)."""
     from qfid.kernels.dispatch import select_backend
 
-    shape_ok = head_dim % 16 == 0 and head_dim <= 256 and heads % kv_heads == 0 and heads // kv_heads <= 16
+    shape_ok = head_dim in PAGED_HEAD_DIMS and heads % kv_heads == 0
     return (shape_ok and dtype in (torch.float32, torch.bfloat16, torch.float16)
             and select_backend(device) == "cpu" and load_cpu_ops())
 

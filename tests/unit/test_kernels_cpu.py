@@ -190,3 +190,15 @@ def test_paged_decode_attention_rejects_a_length_past_its_table():
     q, cache = torch.randn(1, 2, 16), torch.randn(2, 4, 16, 16)
     with pytest.raises(RuntimeError, match="context lengths"):
         cpu.paged_decode_attention(q, cache, cache, torch.zeros(1, 1, dtype=torch.int32), torch.tensor([17]), 0.25)
+
+
+@needs_kernels
+def test_paged_decode_attention_with_peaked_scores():
+    """Scores spanning hundreds of nats: the vectorised exp underflows to 0 where expf does."""
+    g = torch.Generator().manual_seed(7)
+    q = 40 * torch.randn(5, 4, 32, generator=g)
+    k_cache, v_cache = torch.randn(2, 12, 16, 32, generator=g), torch.randn(2, 12, 16, 32, generator=g)
+    tables = torch.stack([torch.randperm(12, generator=g)[:4] for _ in range(5)]).int()
+    lens = torch.tensor([1, 16, 33, 50, 64])
+    out = cpu.paged_decode_attention(q, k_cache, v_cache, tables, lens, 32 ** -0.5)
+    assert cases.rel_err(out, paged_reference(q, k_cache, v_cache, tables, lens, 32 ** -0.5)) < cases.TOL[torch.float32]
