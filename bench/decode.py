@@ -16,7 +16,9 @@ import statistics
 import time
 from pathlib import Path
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "awq-int4": "bfloat16", "fp8": "bfloat16"}
+# Activation dtype per scheme: bf16 for every quantized scheme (unlike `qfid bench`, whose
+# quantized runs default to fp32 activations), so rows differ only in the weight format.
+ACTIVATION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "awq-int4": "bfloat16", "fp8": "bfloat16"}
 
 
 def worker(model: str, scheme: str, batch: int, context: int, steps: int) -> dict:
@@ -25,7 +27,7 @@ def worker(model: str, scheme: str, batch: int, context: int, steps: int) -> dic
     from qfid.engine.sampling import SamplingParams
 
     model_dir, _ = resolve_model(model, scheme)
-    llm = LLM(str(model_dir), dtype=DTYPES[scheme])
+    llm = LLM(str(model_dir), dtype=ACTIVATION_DTYPES[scheme])
     params = SamplingParams(max_tokens=steps + 1, temperature=0.0, ignore_eos=True)
     for i in range(batch):
         llm.engine.add_request([1 + (i * 7 + j) % 1000 for j in range(context)], params)

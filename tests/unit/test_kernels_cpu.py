@@ -150,21 +150,6 @@ def test_kernels_run_under_inference_mode_and_grad_mode(batch, mode):
     assert cases.rel_err(y4.detach(), ref_x @ q.dequantize(torch.float64).T) < cases.TOL[torch.float32]
 
 
-def paged_reference(q, k_cache, v_cache, block_tables, lens, scale):
-    """Float64 attention per sequence over its context read through the block table, in
-    the engine's cache layout [kv_heads, blocks, block_size, d], K/V heads repeated."""
-    kv_heads, _, block_size, dim = k_cache.shape
-    heads = q.shape[1]
-    outs = []
-    for b, length in enumerate(lens.tolist()):
-        slots = (block_tables[b].long()[:, None] * block_size + torch.arange(block_size)).reshape(-1)[:length]
-        k = k_cache.reshape(kv_heads, -1, dim)[:, slots].double().repeat_interleave(heads // kv_heads, 0)
-        v = v_cache.reshape(kv_heads, -1, dim)[:, slots].double().repeat_interleave(heads // kv_heads, 0)
-        p = (torch.einsum("hd,hld->hl", q[b].double(), k) * scale).softmax(-1)
-        outs.append(torch.einsum("hl,hld->hd", p, v))
-    return torch.stack(outs)
-
-
 @needs_kernels
 @pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (4, 4, 32), (8, 1, 16), (6, 2, 128)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -180,7 +165,7 @@ def test_paged_decode_attention(heads, kv_heads, dim, dtype, seqs):
     v_cache = torch.randn(kv_heads, blocks, block_size, dim, generator=g).to(dtype)
     out = cpu.paged_decode_attention(q, k_cache, v_cache, tables, lens, dim ** -0.5)
     assert out.dtype == dtype and out.shape == q.shape
-    ref = paged_reference(q, k_cache, v_cache, tables, lens, dim ** -0.5)
+    ref = cases.paged_attention_reference(q, k_cache, v_cache, tables, lens, dim ** -0.5)
     assert cases.rel_err(out, ref) < cases.TOL[dtype]
     assert torch.equal(out, cpu.paged_decode_attention(q, k_cache, v_cache, tables.long(), lens, dim ** -0.5))
 
@@ -201,4 +186,4 @@ def test_paged_decode_attention_with_peaked_scores():
     tables = torch.stack([torch.randperm(12, generator=g)[:4] for _ in range(5)]).int()
     lens = torch.tensor([1, 16, 33, 50, 64])
     out = cpu.paged_decode_attention(q, k_cache, v_cache, tables, lens, 32 ** -0.5)
-    assert cases.rel_err(out, paged_reference(q, k_cache, v_cache, tables, lens, 32 ** -0.5)) < cases.TOL[torch.float32]
+    assert cases.rel_err(out, cases.paged_attention_reference(q, k_cache, v_cache, tables, lens, 32 ** -0.5)) < cases.TOL[torch.float32]

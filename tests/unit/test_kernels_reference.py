@@ -28,6 +28,21 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.double() - ref).norm() / ref.norm())
 
 
+def paged_attention_reference(q, k_cache, v_cache, block_tables, lens, scale):
+    """Float64 attention per sequence over its context read through the block table, in the
+    engine's cache layout [kv_heads, blocks, block_size, d], K/V heads repeated."""
+    kv_heads, _, block_size, dim = k_cache.shape
+    heads = q.shape[1]
+    outs = []
+    for b, length in enumerate(lens.tolist()):
+        slots = (block_tables[b].long()[:, None] * block_size + torch.arange(block_size)).reshape(-1)[:length]
+        k = k_cache.reshape(kv_heads, -1, dim)[:, slots].double().repeat_interleave(heads // kv_heads, 0)
+        v = v_cache.reshape(kv_heads, -1, dim)[:, slots].double().repeat_interleave(heads // kv_heads, 0)
+        p = (torch.einsum("hd,hld->hl", q[b].double(), k) * scale).softmax(-1)
+        outs.append(torch.einsum("hl,hld->hd", p, v))
+    return torch.stack(outs)
+
+
 def random_int4(out_f: int, in_f: int, group_size: int, seed: int = 0) -> Int4Weight:
     """Random codes, zeros and fp16-exact scales, with the edge cases pinned: a row of code
     0 and a row of code 15, zero points 0 and 15 in the first and last group."""

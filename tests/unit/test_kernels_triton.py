@@ -79,20 +79,6 @@ def test_fp8_gemm_with_fp8_activations(static):
     assert cases.rel_err(y, ref) < cases.TOL[torch.float32]
 
 
-def paged_reference(q, k_cache, v_cache, block_tables, lens, scale):
-    """Float64 attention per sequence over its gathered context, K/V heads repeated."""
-    blocks, block_size, kv_heads, dim = k_cache.shape
-    heads = q.shape[1]
-    outs = []
-    for b, length in enumerate(lens.tolist()):
-        slots = (block_tables[b].long()[:, None] * block_size + torch.arange(block_size)).reshape(-1)[:length]
-        k = k_cache.reshape(-1, kv_heads, dim)[slots].double().repeat_interleave(heads // kv_heads, 1)
-        v = v_cache.reshape(-1, kv_heads, dim)[slots].double().repeat_interleave(heads // kv_heads, 1)
-        p = (torch.einsum("hd,lhd->hl", q[b].double(), k) * scale).softmax(-1)
-        outs.append(torch.einsum("hl,lhd->hd", p, v))
-    return torch.stack(outs)
-
-
 @pytest.mark.parametrize("heads,kv_heads,dim", [(6, 2, 24), (4, 4, 32), (8, 1, 16)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_paged_attention_decode(heads, kv_heads, dim, dtype):
@@ -105,7 +91,9 @@ def test_paged_attention_decode(heads, kv_heads, dim, dtype):
     v_cache = torch.randn(blocks, block_size, kv_heads, dim, generator=g).to(dtype)
     out = triton_ops.paged_attention_decode(q, k_cache, v_cache, tables, lens, dim ** -0.5)
     assert out.dtype == dtype
-    assert cases.rel_err(out, paged_reference(q, k_cache, v_cache, tables, lens, dim ** -0.5)) < cases.TOL[dtype]
+    engine_layout = k_cache.permute(2, 0, 1, 3), v_cache.permute(2, 0, 1, 3)   # [kv_heads, blocks, block_size, d]
+    ref = cases.paged_attention_reference(q, *engine_layout, tables, lens, dim ** -0.5)
+    assert cases.rel_err(out, ref) < cases.TOL[dtype]
 
 
 def test_dispatch_forced_to_triton(monkeypatch):
