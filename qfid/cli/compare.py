@@ -8,7 +8,8 @@ import typer
 HELP = """Compare a candidate eval run with its baseline, item by item: accuracy delta with a paired
 bootstrap 95% CI, McNemar's exact test, flips (correct->wrong, wrong->correct), KL divergence on
 the answer tokens, the correct choice's margin, perplexity, and the smallest drop each group can
-detect. Rows that regress significantly are highlighted.
+detect. Rows that regress significantly are highlighted. Runs of an MoE model add expert-routing
+agreement: per MoE layer, the share of tokens whose top-k experts are the same, overall and per suite.
 
 BASE and CAND are run names under --runs-dir or run folders. Runs whose items or suite versions
 differ are refused (exit 2) unless --intersect.
@@ -57,27 +58,35 @@ def compare_command(
 
 
 def print_comparison(comparison, by: str) -> None:
-    """The rich table: significant regressions in bold red, then perplexity and the notes."""
-    from rich.table import Table
-
-    from qfid.evals.formatting import GROUP_HEADERS, PERPLEXITY_HEADERS, breakdown_rows, group_cells, pair_title, perplexity_cells
+    """The rich table: significant regressions in bold red, then perplexity, expert-routing
+    agreement (MoE models) and the notes."""
+    from qfid.evals.formatting import (
+        GROUP_HEADERS, PERPLEXITY_HEADERS, breakdown_rows, group_cells, pair_title, perplexity_cells, routing_cells, routing_headers,
+    )
 
     console = wide_console()
-    table = Table(title=f"{pair_title(comparison)} by {by} (red: significant regression at alpha={comparison.alpha:g})")
-    for header in GROUP_HEADERS:
-        table.add_column(header, justify="left" if header == "group" else "right")
-    for group in breakdown_rows(comparison, by):
-        table.add_row(*group_cells(group), style="bold red" if group.significant_regression else None)
-    console.print(table)
+    groups = breakdown_rows(comparison, by)
+    console.print(_table(f"{pair_title(comparison)} by {by} (red: significant regression at alpha={comparison.alpha:g})",
+                         GROUP_HEADERS, [group_cells(g) for g in groups], [g.significant_regression for g in groups]))
     if comparison.perplexity:
-        ppl = Table(title="perplexity")
-        for header in PERPLEXITY_HEADERS:
-            ppl.add_column(header, justify="left" if header == "suite" else "right")
-        for row in comparison.perplexity:
-            ppl.add_row(*perplexity_cells(row))
-        console.print(ppl)
+        console.print(_table("perplexity", PERPLEXITY_HEADERS, [perplexity_cells(row) for row in comparison.perplexity]))
+    if comparison.routing:
+        console.print(_table("expert-routing agreement (tokens with the same top-k experts)",
+                             routing_headers(comparison), routing_cells(comparison)))
     for note in comparison.notes:
         console.print(f"[dim]- {note}[/dim]", soft_wrap=True)
+
+
+def _table(title: str, headers, rows: list[list[str]], flagged: list[bool] | None = None):
+    """A rich table, the first column left-aligned; flagged rows in bold red."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for index, header in enumerate(headers):
+        table.add_column(header, justify="left" if index == 0 else "right")
+    for row, flag in zip(rows, flagged or [False] * len(rows)):
+        table.add_row(*row, style="bold red" if flag else None)
+    return table
 
 
 def wide_console():

@@ -6,6 +6,9 @@ Categories and languages stay inside their suite because the same label in two s
 different task (finance-mc and finance share categories but not scoring); language rows
 exist only for suites with more than one language, where they compare parallel items like
 with like (a one-language suite's language row would repeat its suite row).
+
+Runs of an MoE model add expert-routing agreement per MoE layer, overall and per suite
+(`routing.py`); dense models have none and show none.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import numpy as np
 
 from qfid.evals.item_metrics import KL_NOTE, annotate_items
 from qfid.evals.pairing import LoadedRun, load_run, pair_runs
+from qfid.evals.routing import RoutingStats, annotate_routing, routing_notes, routing_rows
 from qfid.evals.stats import min_detectable_drop, paired_accuracy
 
 LEVELS = ("overall", "suite", "category", "lang")
@@ -72,6 +76,7 @@ class Comparison:
     groups: list[GroupStats] = field(default_factory=list)
     perplexity: list[PerplexityStats] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    routing: list[RoutingStats] = field(default_factory=list)  # MoE runs only: overall, then per suite
 
     def rows(self, level: str) -> list[GroupStats]:
         return [g for g in self.groups if g.level == level]
@@ -82,6 +87,10 @@ class Comparison:
 
     def group(self, level: str, name: str) -> GroupStats | None:
         return next((g for g in self.groups if g.level == level and g.name == name), None)
+
+    def routing_group(self, level: str, name: str) -> RoutingStats | None:
+        """Routing agreement of the overall group or a suite; None for a dense model."""
+        return next((r for r in self.routing if r.level == level and r.name == name), None)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready data (NaN and infinity become null)."""
@@ -97,11 +106,13 @@ def compare_runs(base_ref: str | Path, cand_ref: str | Path, runs_dir: str | Pat
 def compare_loaded(base: LoadedRun, cand: LoadedRun, intersect: bool = False, alpha: float = 0.05,
                    n_boot: int = 2000, seed: int = 0) -> Comparison:
     pairing = pair_runs(base, cand, intersect)
-    frame = annotate_items(pairing.frame)
+    frame = annotate_routing(annotate_items(pairing.frame))
     scored = frame[frame["scorer"] != "perplexity"]
     groups = [_group_stats(level, name, part, alpha, n_boot, seed) for level, name, part in _groupings(scored)]
-    notes = pairing.notes + _run_notes(base, cand) + _coverage_notes(scored) + [KL_NOTE, POWER_NOTE]
-    return Comparison(base.describe(), cand.describe(), alpha, CONFIDENCE, groups, _perplexity_rows(frame), notes)
+    notes = (pairing.notes + _run_notes(base, cand) + _coverage_notes(scored) + [KL_NOTE, POWER_NOTE]
+             + routing_notes(scored, base.name, cand.name))
+    return Comparison(base.describe(), cand.describe(), alpha, CONFIDENCE, groups, _perplexity_rows(frame), notes,
+                      routing_rows(_groupings(scored)))
 
 
 def _groupings(scored):

@@ -6,6 +6,11 @@ generation (greedy text, then the gold answer's log-likelihood for KL), and perp
 (rolling log-likelihood of the text). Every record carries the gold answer's
 log-prob and its top-k next-token log-probs, taken on the *gold* tokens so that any two
 runs of the same suite and tokenizer line up position by position.
+
+On an MoE model a scored record also carries the expert routing of that same gold request
+(prompt + gold answer, teacher-forced): `expert_ids`, per MoE layer the top-k expert ids of
+every token, token after token, and `expert_k`, the k. Dense models, perplexity suites and
+backends that cannot see routing (an OpenAI endpoint) leave both null.
 """
 from __future__ import annotations
 
@@ -44,6 +49,16 @@ def _answer_fields(result: Loglikelihood) -> dict:
             "topk_ids": result.topk.ids if result.topk else None, "topk_logprobs": result.topk.logprobs if result.topk else None}
 
 
+def _routing_fields(backend, gold_requests: list[tuple[str, str]]) -> list[dict]:
+    """Per gold request, `expert_ids` / `expert_k` from a backend that records routing; empty
+    for a dense model or a backend without `expert_routing`."""
+    record = getattr(backend, "expert_routing", None)
+    routes = record(gold_requests) if record else None
+    if routes is None:
+        return [{} for _ in gold_requests]
+    return [{"expert_ids": route.ids, "expert_k": route.k} for route in routes]
+
+
 def _multiple_choice(backend, suite, items, prompts, top_k) -> list[dict]:
     requests, spans = [], []
     for item, prompt in zip(items, prompts):
@@ -51,26 +66,28 @@ def _multiple_choice(backend, suite, items, prompts, top_k) -> list[dict]:
         spans.append((len(requests), len(continuations)))
         requests += [(prompt, continuation) for continuation in continuations]
     results = backend.loglikelihood(requests, top_k)
+    routing = _routing_fields(backend, [requests[start + item.label] for item, (start, _) in zip(items, spans)])
     records = []
-    for item, prompt, (start, count) in zip(items, prompts, spans):
+    for item, prompt, (start, count), route in zip(items, prompts, spans, routing):
         scored = results[start:start + count]
         logprobs = [r.logprob for r in scored]
         index, judged = score_choice(item, logprobs)
         _, judged_norm = score_choice_norm(item, logprobs, choice_targets(suite, item))
         records.append({**_base(suite, item, prompt), "prediction": item.choices[index], "extracted": judged.extracted,
                         "correct": judged.correct, "correct_norm": judged_norm.correct, "pred_index": index,
-                        "choice_logprobs": logprobs, **_answer_fields(scored[item.label])})
+                        "choice_logprobs": logprobs, **_answer_fields(scored[item.label]), **route})
     return records
 
 
 def _generative(backend, suite, items, prompts, top_k, max_tokens) -> list[dict]:
     predictions = backend.generate(prompts, max_tokens, list(suite.generation.stop))
-    golds = backend.loglikelihood([(p, TARGET_DELIMITER + gold_target(suite, i)) for p, i in zip(prompts, items)], top_k)
+    gold_requests = [(p, TARGET_DELIMITER + gold_target(suite, i)) for p, i in zip(prompts, items)]
+    golds = backend.loglikelihood(gold_requests, top_k)
     records = []
-    for item, prompt, prediction, gold in zip(items, prompts, predictions, golds):
+    for item, prompt, prediction, gold, route in zip(items, prompts, predictions, golds, _routing_fields(backend, gold_requests)):
         judged = score_generation(suite.scorer, item, prediction)
         records.append({**_base(suite, item, prompt), "prediction": prediction, "extracted": judged.extracted,
-                        "correct": judged.correct, **_answer_fields(gold)})
+                        "correct": judged.correct, **_answer_fields(gold), **route})
     return records
 
 

@@ -33,6 +33,27 @@ def perplexity_cells(row: PerplexityStats) -> list[str]:
     return [row.suite, str(row.n), str(row.base_tokens), f"{row.base_ppl:.3f}", f"{row.cand_ppl:.3f}", f"{100 * row.change:+.2f}%"]
 
 
+def routing_headers(comparison: Comparison) -> list[str]:
+    """The routing table has a column per group (all, then each suite) and a row per MoE
+    layer: a model has tens of layers and a run a few suites."""
+    return ["MoE layer", *(row.name for row in comparison.routing)]
+
+
+def routing_cells(comparison: Comparison) -> list[list[str]]:
+    """Items and tokens compared, agreement over all layers, then one row per MoE layer."""
+    rows = comparison.routing
+    cells = [["items", *(str(r.items) for r in rows)], ["tokens per layer", *(str(r.tokens) for r in rows)],
+             ["all layers", *(agreement(r.agreement) for r in rows)]]
+    layers = max((len(r.per_layer) for r in rows), default=0)
+    return cells + [[str(layer), *(agreement(r.per_layer[layer]) if layer < len(r.per_layer) else "-" for r in rows)]
+                    for layer in range(layers)]
+
+
+def agreement(value: float) -> str:
+    """Two decimals: routing agreement sits close to 100% and its gaps are small."""
+    return f"{100 * value:.2f}%"
+
+
 def percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 

@@ -8,7 +8,7 @@ from html import escape
 from qfid.evals.compare import Comparison
 from qfid.evals.formatting import (
     BREAKDOWNS, GROUP_HEADERS, OVERVIEW_HEADERS, PERPLEXITY_HEADERS, breakdown_rows, group_cells, overview_cells, pair_title,
-    perplexity_cells,
+    perplexity_cells, routing_cells, routing_headers,
 )
 
 CSS = """
@@ -26,6 +26,7 @@ CAPTIONS = {
     "flips": "Items that flipped per suite: correct->wrong to the left, wrong->correct to the right (Dutta et al. 2024).",
     "kl_by_language": "Mean KL(baseline || candidate) per answer token, per language (top-k approximation, see notes).",
     "perplexity_vs_accuracy": "Perplexity change of the perplexity suites next to the accuracy change of the scored suites.",
+    "routing_by_layer": "MoE models: share of tokens whose top-k expert set is the same as the baseline's, per MoE layer.",
 }
 
 
@@ -56,6 +57,9 @@ def _comparison_section(comparison: Comparison) -> str:
             parts += [f"<h3>By {level}</h3>", _table(GROUP_HEADERS, [(group_cells(g), g.significant_regression) for g in rows])]
     if comparison.perplexity:
         parts += ["<h3>Perplexity</h3>", _table(PERPLEXITY_HEADERS, [(perplexity_cells(r), False) for r in comparison.perplexity])]
+    if comparison.routing:
+        parts += ["<h3>Expert-routing agreement</h3>",
+                  _table(routing_headers(comparison), [(cells, False) for cells in routing_cells(comparison)])]
     return "<section>" + "\n".join(parts) + "</section>"
 
 

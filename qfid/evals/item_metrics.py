@@ -28,7 +28,7 @@ def annotate_items(frame):
     kl = [item_kl(*row) for row in zip(frame["topk_ids_base"], frame["topk_logprobs_base"],
                                        frame["topk_ids_cand"], frame["topk_logprobs_cand"])]
     frame = frame.assign(kl_sum=[k[0] if k else np.nan for k in kl], kl_tokens=[k[1] if k else 0 for k in kl])
-    is_choice = frame["choice_logprobs_base"].map(_has_values) & frame["choice_logprobs_cand"].map(_has_values)
+    is_choice = frame["choice_logprobs_base"].map(has_values) & frame["choice_logprobs_cand"].map(has_values)
     margins = {side: [correct_choice_margin(lps, gold) if choice else np.nan for lps, gold, choice in
                       zip(frame[f"choice_logprobs_{side}"], frame[f"answer_logprob_{side}"], is_choice)]
                for side in ("base", "cand")}
@@ -62,10 +62,10 @@ def correct_choice_margin(choice_logprobs, gold_logprob: float) -> float:
 
 
 def _matrix(value):
-    if not _has_values(value):
+    if not has_values(value):
         return None
     return np.stack([np.asarray(row) for row in value])
 
 
-def _has_values(value) -> bool:
+def has_values(value) -> bool:
     return value is not None and not isinstance(value, float) and len(value) > 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from qfid.evals.compare import Comparison
 from qfid.evals.formatting import (
-    BREAKDOWNS, GROUP_HEADERS, PERPLEXITY_HEADERS, breakdown_rows, group_cells, pair_title, perplexity_cells,
+    BREAKDOWNS, GROUP_HEADERS, PERPLEXITY_HEADERS, breakdown_rows, group_cells, pair_title, perplexity_cells, routing_cells,
+    routing_headers,
 )
 from qfid.evals.gate import GateResult
 
@@ -39,6 +40,8 @@ def comparison_markdown(comparison: Comparison, levels=BREAKDOWNS, heading: str 
             parts += ["", f"{heading}# By {level}", "", group_table(comparison, level)]
     if comparison.perplexity:
         parts += ["", f"{heading}# Perplexity", "", markdown_table(PERPLEXITY_HEADERS, map(perplexity_cells, comparison.perplexity))]
+    if comparison.routing:
+        parts += ["", f"{heading}# Expert-routing agreement", "", markdown_table(routing_headers(comparison), routing_cells(comparison))]
     parts += ["", f"{heading}# Notes", ""] + [f"- {note}" for note in comparison.notes]
     return "\n".join(parts) + "\n"
 

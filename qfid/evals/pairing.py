@@ -16,7 +16,7 @@ from qfid.evals.store import RunStore
 
 KEY = ["suite", "id"]
 SHARED_FIELDS = ["base_id", "category", "lang", "scorer", "gold"]
-PER_RUN_FIELDS = ["correct", "choice_logprobs", "answer_logprob", "answer_tokens", "topk_ids", "topk_logprobs"]
+PER_RUN_FIELDS = ["correct", "choice_logprobs", "answer_logprob", "answer_tokens", "topk_ids", "topk_logprobs", "expert_ids", "expert_k"]
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import io
 import numpy as np
 
 from qfid.evals.compare import Comparison
+from qfid.evals.formatting import agreement
 
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf")
 REGRESSION_EDGE = "#d62728"
@@ -16,7 +17,8 @@ REGRESSION_EDGE = "#d62728"
 def report_figures(comparisons: list[Comparison]) -> dict[str, bytes]:
     """name -> PNG for every figure that has data."""
     makers = {"category_delta": category_delta_figure, "flips": flip_counts_figure,
-              "kl_by_language": kl_by_language_figure, "perplexity_vs_accuracy": perplexity_vs_accuracy_figure}
+              "kl_by_language": kl_by_language_figure, "perplexity_vs_accuracy": perplexity_vs_accuracy_figure,
+              "routing_by_layer": routing_by_layer_figure}
     figures = {name: make(comparisons) for name, make in makers.items()}
     return {name: figure_png(fig) for name, fig in figures.items() if fig is not None}
 
@@ -90,6 +92,32 @@ def perplexity_vs_accuracy_figure(comparisons: list[Comparison]):
         right.barh(offsets, [100 * r.delta if r else np.nan for r in rows], height=height, color=colour, label=comparison.candidate["name"])
     _finish(left, ppl_suites, "perplexity change (%)", "Perplexity" if ppl_suites else "Perplexity (no perplexity suite)")
     _finish(right, suites, "accuracy change (points)", "Accuracy by suite")
+    return fig
+
+
+def routing_by_layer_figure(comparisons: list[Comparison]):
+    """MoE runs: expert-routing agreement (all suites) per MoE layer, a line per candidate. A
+    change in one layer shifts the inputs of every later router, so the curve shows at what
+    depth routing starts to drift, which one overall share hides."""
+    overall = [(COLOURS[slot % len(COLOURS)], comparison, comparison.routing_group("overall", "all"))
+               for slot, comparison in enumerate(comparisons)]
+    if all(row is None for _, _, row in overall):
+        return None
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(8, 3.2))
+    ax = fig.subplots()
+    for colour, comparison, row in overall:
+        if row is not None:
+            ax.plot(range(len(row.per_layer)), [100 * v for v in row.per_layer], marker="o", markersize=3, color=colour,
+                    label=f"{comparison.candidate['name']} (all layers {agreement(row.agreement)})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("MoE layer", fontsize=9)
+    ax.set_ylabel("tokens with the same top-k experts (%)", fontsize=9)
+    ax.set_title("Expert-routing agreement by layer", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 

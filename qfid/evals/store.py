@@ -21,6 +21,9 @@ RECORD_FIELDS = {
     "pred_index": "int32", "choice_logprobs": "list<double>", "answer_logprob": "double", "answer_tokens": "int32",
     "answer_greedy": "bool", "topk_ids": "list<list<int32>>", "topk_logprobs": "list<list<float>>",
     "correct_norm": "bool",  # choice suites: lm-eval's acc_norm per item; added later, so last
+    # MoE models: per MoE layer the top-k expert ids of every token of the gold request, token
+    # after token (k = expert_k ids each, router order); null for dense models (evaluate.py)
+    "expert_ids": "list<list<int16>>", "expert_k": "int32",
 }
 
 
@@ -29,6 +32,7 @@ def record_schema():
 
     types = {"string": pa.string(), "int32": pa.int32(), "bool": pa.bool_(), "double": pa.float64(),
              "list<double>": pa.list_(pa.float64()), "list<list<int32>>": pa.list_(pa.list_(pa.int32())),
+             "list<list<int16>>": pa.list_(pa.list_(pa.int16())),
              "list<list<float>>": pa.list_(pa.list_(pa.float32()))}
     return pa.schema([(name, types[kind]) for name, kind in RECORD_FIELDS.items()])
 

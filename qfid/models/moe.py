@@ -9,8 +9,15 @@ for bit (`index_put_(accumulate=True)` rather than `index_add_`, whose thread fa
 milliseconds per call on a busy CPU; a token meets each expert at most once, so the two are
 the same sum). If a quantizer replaced the fused experts with its own module, that
 module is called with transformers' (hidden, top_k_index, top_k_weights) signature.
+
+`record_routing(model)` switches on a per-layer log of the experts each token was sent to,
+which the engine eval backend reads for expert-routing agreement (qfid/evals/backends/
+engine_routing.py) without the runtime having to know about evals.
 """
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -24,6 +31,7 @@ class SparseMoE(nn.Module):
         self.experts = hf_block.experts
         self.top_k = config.num_experts_per_tok
         self.fused = isinstance(getattr(self.experts, "gate_up_proj", None), torch.Tensor)
+        self.routing_log: list[torch.Tensor] | None = None  # set by `record_routing`
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights [T, k], fp32 as in transformers, expert ids [T, k])."""
@@ -33,6 +41,8 @@ class SparseMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, experts = self.route(x)
+        if self.routing_log is not None:
+            self.routing_log.append(experts)
         if not self.fused:
             return self.experts(x, experts, weights)
         out = torch.zeros_like(x)
@@ -42,3 +52,24 @@ class SparseMoE(nn.Module):
             y = F.linear(F.silu(gate) * up, self.experts.down_proj[expert])
             out.index_put_((token_rows,), (y * weights[token_rows, slot, None]).to(out.dtype), accumulate=True)
         return out
+
+
+def moe_layers(model: nn.Module) -> list[SparseMoE]:
+    """The model's SparseMoE blocks in model order (none for a dense model)."""
+    return [module for module in model.modules() if isinstance(module, SparseMoE)]
+
+
+@contextmanager
+def record_routing(model: nn.Module) -> Iterator[list[list[torch.Tensor]]]:
+    """While the block runs, every SparseMoE of `model` appends the expert ids [T, k] of each
+    forward to its own list (the lists yielded, model order); logging stops on leaving, also
+    on an error, so a long-lived engine never keeps growing a forgotten log."""
+    layers = moe_layers(model)
+    logs: list[list[torch.Tensor]] = [[] for _ in layers]
+    for layer, log in zip(layers, logs):
+        layer.routing_log = log
+    try:
+        yield logs
+    finally:
+        for layer in layers:
+            layer.routing_log = None

@@ -55,3 +55,8 @@ def test_choices_sharing_a_long_context_reuse_it_and_match_hf(backends):
     assert engine.llm.engine.block_manager.prefix_hits - hits_before == 3
     for e, g in zip(expected, got):
         assert g.logprob == pytest.approx(e.logprob, abs=1e-4) and g.is_greedy == e.is_greedy
+
+
+def test_a_dense_model_records_no_expert_routing(backends):
+    hf, engine = backends
+    assert hf.expert_routing(REQUESTS) is None and engine.expert_routing(REQUESTS) is None

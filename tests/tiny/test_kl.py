@@ -84,6 +84,7 @@ def test_runs_written_by_qfid_eval_compare_and_gate(tiny_llama_dir, tmp_path, mo
     assert legal.margin_items == 3 and legal.margin_delta == pytest.approx(0, abs=1e-6)
     assert legal.kl_tokens > 0 and finance.kl_tokens > 0 and legal.mean_kl == pytest.approx(0, abs=1e-6)
     assert comparison.group("overall", "all").flip_rate == 0
+    assert comparison.routing == [] and not any("rout" in note for note in comparison.notes)  # a dense model
     assert [row.suite for row in comparison.perplexity] == ["general-ppl"] and comparison.perplexity[0].change == pytest.approx(0, abs=1e-9)
     monkeypatch.chdir(tmp_path)
     gate = CliRunner().invoke(app, ["gate", "first", "second", "--runs-dir", str(tmp_path)])

@@ -8,6 +8,11 @@ OpenAI-compatible server). Three calls, as in lm-eval, so a backend is small:
   uses for the KL divergence between a baseline and a quantized model;
 - `loglikelihood_rolling(texts)`: the whole text's log-prob and token count (perplexity).
 
+Backends that run a local model add a fourth, optional call (`evaluate` checks for it):
+`expert_routing(requests)`, for each (context, continuation) the router's top-k experts at
+every token of context + continuation (`ExpertRouting`), or None for a dense model; `compare`
+turns two runs' routing into the per-layer expert-routing agreement of MoE models.
+
 Tokenisation follows lm-eval (context and continuation encoded separately, no special
 tokens; rolling scores start from the end-of-text token) so exported suites score alike.
 """
@@ -31,6 +36,16 @@ class Loglikelihood:
     is_greedy: bool
     n_tokens: int
     topk: TopK | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertRouting:
+    """One request's routing: `ids[layer]` holds, for each MoE layer in model order, every
+    token's top-k expert ids one token after another (k ids a token, the router's order, most
+    probable first). Flat per layer so a run's records stay small; `k` says how to cut it."""
+
+    ids: list[list[int]]
+    k: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,13 +7,14 @@ runs on its few positions, not the whole context), and each continuation positio
 actual token's logprob (always present) and its top-k. Greedy generation is temperature 0.
 Choices that share a context are scored in a second wave that finds the context in the
 engine's prefix cache. Tokenisation is lm-eval's, shared with the HF backend, so both score
-identical token ids.
+identical token ids. MoE models' expert routing runs the same runtime model in a
+teacher-forced pass of its own (`engine_routing.py` says why).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from qfid.evals.backends.base import Loglikelihood, TopK, cut_at_stop
+from qfid.evals.backends.base import ExpertRouting, Loglikelihood, TopK, cut_at_stop
 from qfid.evals.backends.token_scoring import TokenScoring
 
 GREEDY_PROBE_K = 1
@@ -57,6 +58,12 @@ class EngineBackend(TokenScoring):
         for wave in _prefix_waves(prompts, params):
             outputs.update(zip(wave, self.llm.generate([prompts[i] for i in wave], [params[i] for i in wave])))
         return [_continuation_score(outputs[i].prompt_logprobs, cont, top_k) for i, (_, cont) in enumerate(pairs)]
+
+    def route_token_rows(self, rows: list[list[int]]) -> list[ExpertRouting] | None:
+        from qfid.evals.backends.engine_routing import runtime_expert_routing
+
+        engine = self.llm.engine
+        return runtime_expert_routing(engine.model_runner.model, rows, engine.config.max_num_batched_tokens)
 
     def generate(self, prompts: list[str], max_tokens: int, stop: list[str]) -> list[str]:
         from qfid.engine.sampling import SamplingParams

@@ -3,12 +3,14 @@ transformers loads. The reference the qfid engine backend is checked against.
 
 Scoring batches are right-padded (positions stay 0..n-1, so padding changes nothing);
 generation batches are left-padded so every row's next token sits in the last column.
+MoE models' expert routing comes from the router logits transformers returns
+(`hf_routing.py`), in one more forward over each item's gold request, right-padded like scoring.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from qfid.evals.backends.base import Loglikelihood, TopK, cut_at_stop
+from qfid.evals.backends.base import ExpertRouting, Loglikelihood, TopK, cut_at_stop
 from qfid.evals.backends.token_scoring import TokenScoring
 
 
@@ -52,25 +54,44 @@ class HFBackend(TokenScoring):
     # --- scoring -------------------------------------------------------------------
     def score_token_pairs(self, pairs: list[tuple[list[int], list[int]]], top_k: int) -> list[Loglikelihood]:
         """Log-likelihood of each continuation given its context, longest first in batches."""
-        results: list[Loglikelihood | None] = [None] * len(pairs)
-        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        return self._longest_first(pairs, lambda pair: len(pair[0]) + len(pair[1]), lambda batch: self._score_batch(batch, top_k))
+
+    def route_token_rows(self, rows: list[list[int]]) -> list[ExpertRouting] | None:
+        from qfid.evals.backends.hf_routing import batch_routing, experts_per_token
+
+        k = experts_per_token(self.model.config)
+        if k is None:
+            return None
+        return self._longest_first(rows, len, lambda batch: batch_routing(self.model, *self._padded(batch, left=False), k))
+
+    def _longest_first(self, items: list, length, run_batch) -> list:
+        """`run_batch` over batches of `batch_size` items, longest first so a batch's rows
+        need little padding; the results in item order."""
+        results: list = [None] * len(items)
+        order = sorted(range(len(items)), key=lambda i: -length(items[i]))
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
-            for index, result in zip(batch, self._score_batch([pairs[i] for i in batch], top_k)):
+            for index, result in zip(batch, run_batch([items[i] for i in batch])):
                 results[index] = result
         return results
 
-    def _score_batch(self, pairs, top_k: int) -> list[Loglikelihood]:
+    def _padded(self, rows: list[list[int]], left: bool):
+        """(input ids, attention mask) on the model's device, rows padded on the left or right."""
         torch = self._torch
-        rows = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in pairs]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        with torch.inference_mode():
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            columns = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[i, columns] = torch.tensor(row)
+            mask[i, columns] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _score_batch(self, pairs, top_k: int) -> list[Loglikelihood]:
+        rows = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in pairs]
+        ids, mask = self._padded(rows, left=False)
+        with self._torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
         return [self._continuation_score(logits[i], len(rows[i]), pairs[i][1], top_k) for i in range(len(rows))]
 
     def _continuation_score(self, logits, length: int, continuation: list[int], top_k: int) -> Loglikelihood:
@@ -87,26 +108,15 @@ class HFBackend(TokenScoring):
 
     # --- generation ----------------------------------------------------------------
     def generate(self, prompts: list[str], max_tokens: int, stop: list[str]) -> list[str]:
-        results: list[str | None] = [None] * len(prompts)
         encoded = [self.encode(p)[-(self.max_length - max_tokens):] for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
-            for index, text in zip(batch, self._generate_batch([encoded[i] for i in batch], max_tokens, stop)):
-                results[index] = text
-        return results
+        return self._longest_first(encoded, len, lambda batch: self._generate_batch(batch, max_tokens, stop))
 
     def _generate_batch(self, rows: list[list[int]], max_tokens: int, stop: list[str]) -> list[str]:
-        torch = self._torch
         width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row):] = torch.tensor(row)
-            mask[i, width - len(row):] = 1
-        with torch.inference_mode():
+        ids, mask = self._padded(rows, left=True)
+        with self._torch.inference_mode():
             out = self.model.generate(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_tokens,
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens,
                 do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id,
                 stopping_criteria=_stop_criteria(self.tokenizer, width, stop),
             )

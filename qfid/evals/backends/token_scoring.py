@@ -1,11 +1,17 @@
 """lm-eval's tokenisation for log-likelihood requests, shared by every backend that scores
 token ids itself (HF transformers, the qfid engine): context and continuation split as
 lm-eval splits them, rolling perplexity in disjoint windows from the end-of-text token.
-A subclass provides `tokenizer`, `max_length` and `score_token_pairs(pairs, top_k)`.
+A subclass provides `tokenizer`, `max_length` and `score_token_pairs(pairs, top_k)`, and
+for MoE models `route_token_rows(rows)`.
+
+Expert routing is taken on the same token ids in every backend: the request's context +
+continuation, cut to its last `max_length` tokens, every one of them (the continuation's
+last token included: the model reads it even though no scored log-prob depends on it), so
+an HF-backend run and an engine-backend run of one model line up position by position.
 """
 from __future__ import annotations
 
-from qfid.evals.backends.base import Loglikelihood, Rolling
+from qfid.evals.backends.base import ExpertRouting, Loglikelihood, Rolling
 
 
 class TokenScoring:
@@ -14,6 +20,10 @@ class TokenScoring:
 
     def score_token_pairs(self, pairs: list[tuple[list[int], list[int]]], top_k: int) -> list[Loglikelihood]:
         raise NotImplementedError
+
+    def route_token_rows(self, rows: list[list[int]]) -> list[ExpertRouting] | None:
+        """Each row's routing, or None when the model has no experts (the default)."""
+        return None
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -49,3 +59,9 @@ class TokenScoring:
             totals[owner][0] += result.logprob
             totals[owner][1] += result.n_tokens
         return [Rolling(logprob=lp, n_tokens=n) for lp, n in totals]
+
+    def expert_routing(self, requests: list[tuple[str, str]]) -> list[ExpertRouting] | None:
+        """Per (context, continuation): the router's top-k experts at every token the model
+        reads for it (see the module docstring); None for a dense model."""
+        pairs = [self._encode_pair(c, x) for c, x in requests]
+        return self.route_token_rows([(ctx + cont)[-self.max_length:] for ctx, cont in pairs])
