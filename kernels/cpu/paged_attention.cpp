@@ -5,10 +5,11 @@
 // gather write, matmul read) plus the padding of the longest sequence in its group. At
 // realistic contexts (a few hundred tokens, 64 sequences) that was half of a decode step.
 // Here each (sequence, KV head) pair reads its keys and values from DRAM once, straight
-// from the block table, for all the query heads that share them (grouped-query attention;
-// the group's later heads re-read them from L2), with a two-pass softmax in fp32:
-//   pass 1: s[g][t] = scale * q_g . k_t for every key t < len (keys read once);
-//   softmax per query head in fp32 (a vectorised exp, see exp_nonpositive);
+// from the block table, for all the query heads that share them (grouped-query attention:
+// up to four heads per pass over the keys, so each key is loaded and converted once for
+// them), with a two-pass softmax in fp32:
+//   pass 1: s[g][t] = scale * q_g . k_t for every key t < len (bf16: `vdpbf16ps`);
+//   softmax per query head in fp32 (a vectorised exp, see exp16 in vec16.h);
 //   pass 2: out_g = sum_t p[g][t] * v_t (values read once), accumulated in fp32.
 //
 // Layout (the engine's): caches [kv_heads, num_blocks, block_size, head_dim], contiguous;
@@ -26,56 +27,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
+#include "vec16.h"
+
 namespace qfid_cpu {
 namespace {
-
-// 16 consecutive values of any supported dtype as fp32.
-template <typename T> inline __m512 load16(const T* p);
-template <> inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
-template <> inline __m512 load16<at::BFloat16>(const at::BFloat16* p) {
-  __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-template <> inline __m512 load16<at::Half>(const at::Half* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-
-template <typename T> inline void store16(T* p, __m512 v);
-template <> inline void store16<float>(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
-template <> inline void store16<at::BFloat16>(at::BFloat16* p, __m512 v) {
-  // Round to nearest even, as torch's float -> bfloat16 conversion does (no NaN inputs here).
-  __m512i bits = _mm512_castps_si512(v);
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  bits = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
-}
-template <> inline void store16<at::Half>(at::Half* p, __m512 v) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-}
-
-// e^x for x <= 0 (scores minus their max), 16 lanes: x = n ln2 + r with |r| <= ln2/2
-// (Cody-Waite split of ln2), e^r by its degree-6 Taylor polynomial (relative error < 2e-7
-// on that interval), times 2^n built in the exponent bits. Below -87 the result is 0, as
-// expf's would be to fp32 precision after normalising.
-inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
-}
 
 // row[t] = e^(row[t] - peak) for t < len; returns their sum.
 inline float exp_and_sum(float* row, int64_t len, float peak) {
@@ -83,13 +42,13 @@ inline float exp_and_sum(float* row, int64_t len, float peak) {
   __m512 acc = _mm512_setzero_ps();
   int64_t t = 0;
   for (; t + 16 <= len; t += 16) {
-    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row + t), vpeak));
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(row + t), vpeak));
     _mm512_storeu_ps(row + t, e);
     acc = _mm512_add_ps(acc, e);
   }
   if (t < len) {
     const __mmask16 m = static_cast<__mmask16>((1u << (len - t)) - 1);
-    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + t), vpeak));
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + t), vpeak));
     _mm512_mask_storeu_ps(row + t, m, e);
     acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(m, e));
   }
@@ -106,37 +65,98 @@ inline const T* token_row(const T* head, const Index* table, int64_t t, const Sh
   return head + (static_cast<int64_t>(table[t / s.block_size]) * s.block_size + t % s.block_size) * s.dim;
 }
 
-// One (sequence, KV head) pair. VECS = head_dim / 16 as a compile-time constant, so a
-// query head's vectors and accumulators live in registers; the query heads of the group
-// are taken one after another, so K and V come from DRAM for the first and from L2 after.
+// scores[h][t] = scale * q_h . k_t for HG query heads and every key t < len: each key is
+// read (and, but for the bf16 path, converted) once for all HG heads. bf16 keys and
+// queries go straight into `vdpbf16ps` (products exact in fp32, as after converting);
+// other dtypes are converted to fp32 and FMA'd with the pre-scaled query.
+template <typename T, typename Index, int VECS, int HG>
+void head_scores(const T* q, const T* k_head, const Index* table, int64_t len, const Shape& s, float scale,
+                 float* scores) {
+  constexpr bool kDot = std::is_same<T, at::BFloat16>::value && VECS % 2 == 0;
+  if constexpr (kDot) {
+    __m512bh qb[HG][VECS / 2];
+    for (int h = 0; h < HG; ++h)
+      for (int v = 0; v < VECS / 2; ++v) qb[h][v] = (__m512bh)_mm512_loadu_si512(q + h * s.dim + v * 32);
+    for (int64_t t = 0; t < len; ++t) {
+      const T* key = token_row(k_head, table, t, s);
+      __m512 acc[HG];
+      for (int h = 0; h < HG; ++h) acc[h] = _mm512_setzero_ps();
+      for (int v = 0; v < VECS / 2; ++v) {
+        const __m512bh k = (__m512bh)_mm512_loadu_si512(key + v * 32);
+        for (int h = 0; h < HG; ++h) acc[h] = _mm512_dpbf16_ps(acc[h], k, qb[h][v]);
+      }
+      for (int h = 0; h < HG; ++h) scores[h * len + t] = _mm512_reduce_add_ps(acc[h]) * scale;
+    }
+  } else {
+    __m512 qv[HG][VECS];
+    for (int h = 0; h < HG; ++h)
+      for (int v = 0; v < VECS; ++v) qv[h][v] = _mm512_mul_ps(load16(q + h * s.dim + v * 16), _mm512_set1_ps(scale));
+    for (int64_t t = 0; t < len; ++t) {
+      const T* key = token_row(k_head, table, t, s);
+      __m512 acc[HG];
+      for (int h = 0; h < HG; ++h) acc[h] = _mm512_setzero_ps();
+      for (int v = 0; v < VECS; ++v) {
+        const __m512 k = load16(key + v * 16);
+        for (int h = 0; h < HG; ++h) acc[h] = _mm512_fmadd_ps(qv[h][v], k, acc[h]);
+      }
+      for (int h = 0; h < HG; ++h) scores[h * len + t] = _mm512_reduce_add_ps(acc[h]);
+    }
+  }
+}
+
+// HG consecutive query heads (from `first`) of one (sequence, KV head) pair: scores,
+// softmax per head in fp32, then out_h = sum_t p[h][t] v_t with each value converted once.
+template <typename T, typename Index, int VECS, int HG>
+void attend_heads(const T* q, const T* k_head, const T* v_head, const Index* table, int64_t len, T* out,
+                  const Shape& s, int64_t first, float scale, std::vector<float>& scores) {
+  scores.resize(static_cast<size_t>(HG * len));
+  float* rows = scores.data();
+  head_scores<T, Index, VECS, HG>(q + first * s.dim, k_head, table, len, s, scale, rows);
+  float inv_sum[HG];
+  for (int h = 0; h < HG; ++h) {
+    float* row = rows + h * len;
+    inv_sum[h] = 1.f / exp_and_sum(row, len, *std::max_element(row, row + len));
+  }
+  __m512 acc[HG][VECS];
+  for (int h = 0; h < HG; ++h)
+    for (int v = 0; v < VECS; ++v) acc[h][v] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < len; ++t) {
+    const T* value = token_row(v_head, table, t, s);
+    __m512 p[HG];
+    for (int h = 0; h < HG; ++h) p[h] = _mm512_set1_ps(rows[h * len + t]);
+    for (int v = 0; v < VECS; ++v) {
+      const __m512 x = load16(value + v * 16);
+      for (int h = 0; h < HG; ++h) acc[h][v] = _mm512_fmadd_ps(p[h], x, acc[h][v]);
+    }
+  }
+  for (int h = 0; h < HG; ++h)
+    for (int v = 0; v < VECS; ++v)
+      store16(out + (first + h) * s.dim + v * 16, _mm512_mul_ps(acc[h][v], _mm512_set1_ps(inv_sum[h])));
+}
+
+// One (sequence, KV head) pair: its query heads in sub-groups of up to kMaxHeads (as many
+// as keep every accumulator in registers for this head_dim), so K and V come from DRAM
+// once per sub-group and are converted once per sub-group rather than once per head.
 template <typename T, typename Index, int VECS>
 void attend_one(const T* q, const T* k_cache, const T* v_cache, const Index* table, int64_t len,
                 T* out, const Shape& s, int64_t kv_head, float scale, std::vector<float>& scores) {
+  constexpr int kMaxHeads = VECS <= 4 ? 4 : VECS <= 8 ? 2 : 1;
   const int64_t group = s.heads / s.kv_heads;
   const int64_t head_stride = s.num_blocks * s.block_size * s.dim;
   const T* k_head = k_cache + kv_head * head_stride;
   const T* v_head = v_cache + kv_head * head_stride;
-  scores.resize(static_cast<size_t>(len));
-  float* row = scores.data();
-  for (int64_t g = 0; g < group; ++g) {
-    const int64_t head = kv_head * group + g;
-    __m512 qv[VECS];
-    for (int v = 0; v < VECS; ++v) qv[v] = _mm512_mul_ps(load16(q + head * s.dim + v * 16), _mm512_set1_ps(scale));
-    for (int64_t t = 0; t < len; ++t) {   // pass 1: scores
-      const T* key = token_row(k_head, table, t, s);
-      __m512 acc = _mm512_mul_ps(qv[0], load16(key));
-      for (int v = 1; v < VECS; ++v) acc = _mm512_fmadd_ps(qv[v], load16(key + v * 16), acc);
-      row[t] = _mm512_reduce_add_ps(acc);
+  for (int64_t first = kv_head * group; first < (kv_head + 1) * group;) {
+    const int64_t n = std::min<int64_t>(kMaxHeads, (kv_head + 1) * group - first);
+    if (n >= 4) {
+      if constexpr (kMaxHeads >= 4) attend_heads<T, Index, VECS, 4>(q, k_head, v_head, table, len, out, s, first, scale, scores);
+    } else if (n == 3) {
+      if constexpr (kMaxHeads >= 3) attend_heads<T, Index, VECS, 3>(q, k_head, v_head, table, len, out, s, first, scale, scores);
+    } else if (n == 2) {
+      if constexpr (kMaxHeads >= 2) attend_heads<T, Index, VECS, 2>(q, k_head, v_head, table, len, out, s, first, scale, scores);
+    } else {
+      attend_heads<T, Index, VECS, 1>(q, k_head, v_head, table, len, out, s, first, scale, scores);
     }
-    const float inv_sum = 1.f / exp_and_sum(row, len, *std::max_element(row, row + len));   // softmax, fp32
-    __m512 acc[VECS];
-    for (int v = 0; v < VECS; ++v) acc[v] = _mm512_setzero_ps();
-    for (int64_t t = 0; t < len; ++t) {   // pass 2: weighted values
-      const T* value = token_row(v_head, table, t, s);
-      const __m512 p = _mm512_set1_ps(row[t]);
-      for (int v = 0; v < VECS; ++v) acc[v] = _mm512_fmadd_ps(p, load16(value + v * 16), acc[v]);
-    }
-    for (int v = 0; v < VECS; ++v) store16(out + head * s.dim + v * 16, _mm512_mul_ps(acc[v], _mm512_set1_ps(inv_sum)));
+    first += n;
   }
 }
 
@@ -210,6 +230,42 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   return out;
 }
 
+// Write this step's keys and values [T, kv_heads, D] (dense heads, any row stride: views
+// of the fused qkv output) into their cache slots. torch's index_copy_ on the cache's
+// [kv_heads, slots, D] view took ~0.2 ms per layer for 64 decode rows; this is a copy of
+// T * kv_heads rows.
+void store_kv_(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
+               const at::Tensor& slot_mapping) {
+  c10::InferenceMode guard;
+  TORCH_CHECK(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes() && k_cache.is_contiguous() &&
+              v_cache.is_contiguous(), "store_kv_: caches must be contiguous [kv_heads, blocks, block_size, dim]");
+  const int64_t heads = k_cache.size(0), slots = k_cache.size(1) * k_cache.size(2), D = k_cache.size(3);
+  TORCH_CHECK(k.dim() == 3 && v.sizes() == k.sizes() && k.size(1) == heads && k.size(2) == D &&
+              k.stride(2) == 1 && k.stride(1) == D && v.stride(2) == 1 && v.stride(1) == D,
+              "store_kv_: k and v must be [tokens, kv_heads, dim] with dense heads");
+  TORCH_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == k_cache.scalar_type(),
+              "store_kv_: k, v and caches must share a dtype");
+  const at::Tensor slot = slot_mapping.to(at::kLong).contiguous();
+  TORCH_CHECK(slot.numel() == k.size(0), "store_kv_: one slot per token");
+  const int64_t* sp = slot.data_ptr<int64_t>();
+  for (int64_t t = 0; t < slot.numel(); ++t)
+    TORCH_CHECK(sp[t] >= 0 && sp[t] < slots, "store_kv_: slot ", sp[t], " is outside the cache");
+  const int64_t bytes = D * k.element_size();
+  auto* kc = static_cast<char*>(k_cache.data_ptr());
+  auto* vc = static_cast<char*>(v_cache.data_ptr());
+  const auto* kp = static_cast<const char*>(k.data_ptr());
+  const auto* vp = static_cast<const char*>(v.data_ptr());
+  const int64_t k_row = k.stride(0) * k.element_size(), v_row = v.stride(0) * v.element_size();
+  at::parallel_for(0, slot.numel(), 256, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t dst = (h * slots + sp[t]) * bytes;
+        std::memcpy(kc + dst, kp + t * k_row + h * bytes, bytes);
+        std::memcpy(vc + dst, vp + t * v_row + h * bytes, bytes);
+      }
+  });
+}
+
 }  // namespace
 }  // namespace qfid_cpu
 
@@ -217,4 +273,6 @@ TORCH_LIBRARY_FRAGMENT(qfid_cpu, m) {
   m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
         "Tensor context_lens, float scale) -> Tensor",
         &qfid_cpu::paged_decode_attention);
+  m.def("store_kv_(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k, Tensor v, Tensor slot_mapping) -> ()",
+        &qfid_cpu::store_kv_);
 }

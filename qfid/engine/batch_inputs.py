@@ -31,9 +31,11 @@ class BatchInputs:
     last_rows: list[int]
 
 
-def prepare_inputs(batch: ScheduledBatch, block_size: int, decode_kernel: bool = False) -> BatchInputs:
+def prepare_inputs(batch: ScheduledBatch, block_size: int, decode_kernel: bool = False,
+                   prefill_kernel: bool = False) -> BatchInputs:
     """`decode_kernel`: lay decode rows out for the CPU paged-attention kernel (block tables
-    and lengths) instead of the torch path's length groups."""
+    and lengths) instead of the torch path's length groups, and store K/V with its op.
+    `prefill_kernel`: lay prefill chunks out for the CPU prefill kernel likewise."""
     order = sorted(range(len(batch)), key=lambda i: _layout_key(batch, i))
     seqs = [batch.seqs[i] for i in order]
     num_new = [batch.num_new_tokens[i] for i in order]
@@ -48,11 +50,13 @@ def prepare_inputs(batch: ScheduledBatch, block_size: int, decode_kernel: bool =
     tables = _padded(seq.block_table for seq in seqs)
     slot_mapping = tables[seq_of_row, positions // block_size] * block_size + positions % block_size
     num_decode = sum(1 for n in num_new if n == 1)
-    meta = AttentionMetadata(slot_mapping=slot_mapping, num_decode_tokens=num_decode)
+    meta = AttentionMetadata(slot_mapping=slot_mapping, num_decode_tokens=num_decode, kernel_store=decode_kernel)
     if num_decode:
         add = _add_decode_tables if decode_kernel else _add_decode
         add(meta, seqs[:num_decode], [start + 1 for start in starts[:num_decode]], block_size)
-    _add_prefill(meta, seqs[num_decode:], starts[num_decode:], num_new[num_decode:], block_size)
+    if len(seqs) > num_decode:
+        add = _add_prefill_tables if prefill_kernel else _add_prefill
+        add(meta, seqs[num_decode:], starts[num_decode:], num_new[num_decode:], block_size)
     last_rows = (first_row + lens - 1).tolist()
     return BatchInputs(torch.tensor(tokens), positions, meta, order, seqs, starts, num_new, last_rows)
 
@@ -100,6 +104,13 @@ def _length_groups(blocks: list[int], keep: float = 0.6, min_rows: int = 8) -> l
             first = i
     groups.append(slice(first, len(blocks)))
     return groups
+
+
+def _add_prefill_tables(meta: AttentionMetadata, seqs, starts: list[int], lens: list[int], block_size: int) -> None:
+    """Each chunk's block table up to its last new token, its start and its length."""
+    meta.prefill_tables = _padded(seq.block_table[:-(-(start + n) // block_size)]
+                                  for seq, start, n in zip(seqs, starts, lens))
+    meta.prefill_starts, meta.prefill_lens = torch.tensor(starts), torch.tensor(lens)
 
 
 def _add_prefill(meta: AttentionMetadata, seqs, starts: list[int], lens: list[int], block_size: int) -> None:

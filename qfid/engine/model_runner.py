@@ -54,6 +54,7 @@ class ModelRunner:
         shape = (kv_heads, num_blocks, block_size, dim)
         self.kv_caches = [(lazy_zeros(shape, model.dtype), lazy_zeros(shape, model.dtype)) for _ in range(layers)]
         self.decode_kernel = _decode_kernel_available(model)
+        self.prefill_kernel = self.decode_kernel and model.dtype == torch.bfloat16
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -61,7 +62,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> StepOutput:
-        inputs = prepare_inputs(batch, self.block_size, self.decode_kernel)
+        inputs = prepare_inputs(batch, self.block_size, self.decode_kernel, self.prefill_kernel)
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.attention, self.kv_caches)
         sampling = [i for i, seq in enumerate(inputs.seqs) if inputs.starts[i] + inputs.num_new[i] == seq.num_tokens]
         prompt_rows = _prompt_logprob_rows(inputs)

@@ -82,3 +82,50 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     [kv_heads, blocks, block_size, d] -> [seqs, heads, d]; K/V read once, straight from
     the blocks (kernels/cpu/paged_attention.cpp)."""
     return torch.ops.qfid_cpu.paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)
+
+
+def bf16_dense_supported(weight: torch.Tensor) -> bool:
+    """Whether `bf16_linear` can run this dense weight: a bf16 [N, K] CPU tensor with even
+    K, the CPU backend selected (QFID_KERNEL may force the reference) and the ops built."""
+    from qfid.kernels.dispatch import select_backend
+
+    return (weight.dtype == torch.bfloat16 and weight.dim() == 2 and weight.shape[1] % 2 == 0
+            and select_backend(weight.device) == "cpu" and load_cpu_ops())
+
+
+def pack_bf16(weight: torch.Tensor) -> torch.Tensor:
+    """The load-time reorder `bf16_linear` streams (kernels/cpu/bf16_gemm.cpp)."""
+    from qfid.kernels.cpu_layout import pack_bf16_tiles
+
+    return pack_bf16_tiles(weight)
+
+
+def bf16_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """bf16 x [..., K] @ W^T (+ bias) with W packed by `pack_bf16`; bf16 out."""
+    return torch.ops.qfid_cpu.bf16_gemm(packed, x, bias, out_features)
+
+
+def elementwise_supported(device: torch.device, dtype: torch.dtype, hidden: int, head_dim: int,
+                          intermediate: int | None) -> bool:
+    """Whether the fused RMSNorm / rotary / SiLU-and-mul ops (kernels/cpu/elementwise.cpp)
+    can run a model of these widths: they work in 16-lane vectors, so widths must be
+    multiples of 16 (head_dim of 32: RoPE rotates two halves)."""
+    from qfid.kernels.dispatch import select_backend
+
+    widths_ok = hidden % 16 == 0 and head_dim % 32 == 0 and (intermediate is None or intermediate % 16 == 0)
+    return (widths_ok and dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and select_backend(device) == "cpu" and load_cpu_ops())
+
+
+def store_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Write [T, kv_heads, d] keys and values into their cache slots."""
+    torch.ops.qfid_cpu.store_kv_(k_cache, v_cache, k, v, slot_mapping)
+
+
+def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                            starts: torch.Tensor, lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of a step's prefill chunks (rows back to back in q [T, heads, d],
+    bf16) over their cached context and themselves, read from the blocks; chunk c starts
+    at position starts[c] and has lens[c] rows (kernels/cpu/prefill_attention.cpp)."""
+    return torch.ops.qfid_cpu.paged_prefill_attention(q, k_cache, v_cache, block_tables, starts, lens, scale)

@@ -21,10 +21,13 @@ from qfid.paths import bundled_dir, cache_dir
 
 log = logging.getLogger(__name__)
 
-_SOURCES = ("int4_gemm.cpp", "fp8_gemm.cpp", "paged_attention.cpp")
-_HEADERS = ("bf16_dot.h", "activations.h")
+_SOURCES = ("int4_gemm.cpp", "fp8_gemm.cpp", "bf16_gemm.cpp", "paged_attention.cpp", "prefill_attention.cpp",
+            "elementwise.cpp")
+_HEADERS = ("bf16_dot.h", "bf16_tile.h", "activations.h", "vec16.h")
 _REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512vbmi", "f16c", "fma")
-_CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vbmi", "-mf16c", "-mfma", "-fopenmp"]
+# -ffp-contract=off: the fused elementwise ops reproduce torch's separate multiply and add
+# roundings; a contracted FMA would round once. The GEMMs use explicit FMA intrinsics.
+_CFLAGS = ["-O3", "-ffp-contract=off", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vbmi", "-mf16c", "-mfma", "-fopenmp"]
 
 
 def source_dir() -> Path:
@@ -58,6 +61,7 @@ def _build_dir() -> Path:
     for name in _SOURCES + _HEADERS:
         digest.update((source_dir() / name).read_bytes())
     digest.update(torch.__version__.encode())
+    digest.update(" ".join(_CFLAGS).encode())
     path = cache_dir() / "kernels" / f"cpu-{digest.hexdigest()[:16]}"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -64,3 +64,15 @@ def pack_int4_torch(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tens
     offset = (8.0 - _pad_rows(zeros.float(), rows)) * s
     scale_and_offset = torch.stack([s.t(), offset.t()], dim=-1).to(dtype).contiguous()
     return packed, scale_and_offset
+
+
+def pack_bf16_tiles(weight: torch.Tensor) -> torch.Tensor:
+    """bf16 [N, K] (K even) -> bf16 [T, K/2, 128]: per tile of 64 output rows and input
+    pair p, the 64 rows' (w[r, 2p], w[r, 2p+1]) side by side, the operand order of
+    `vdpbf16ps` (see kernels/cpu/bf16_gemm.cpp). Padding rows are zero."""
+    n, k = weight.shape
+    if k % 2:
+        raise ValueError(f"the bf16 tile layout needs an even number of inputs, got {k}")
+    tiles = -(-n // TILE_ROWS)
+    w = _pad_rows(weight.to(torch.bfloat16), tiles * TILE_ROWS).view(tiles, TILE_ROWS, k // 2, 2)
+    return w.permute(0, 2, 1, 3).reshape(tiles, k // 2, 2 * TILE_ROWS).contiguous()

@@ -20,19 +20,33 @@ from qfid.engine.attention import AttentionMetadata, paged_attention
 from qfid.errors import QfidError
 from qfid.models.linears import block_module, decoder_blocks
 from qfid.models.mappings import ArchSpec, arch_spec
+from qfid.models.packed_linear import pack_dense_linears
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, weight: torch.Tensor, eps: float):
+    """transformers' LlamaRMSNorm; `cpu_ops` runs it as one fused CPU op (kernels/cpu/elementwise.cpp,
+    same rounding steps), and `add_norm` folds in the residual add before it."""
+
+    def __init__(self, weight: torch.Tensor, eps: float, cpu_ops: bool = False):
         super().__init__()
         self.weight = weight
         self.eps = eps
+        self.cpu_ops = cpu_ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cpu_ops:
+            return torch.ops.qfid_cpu.rms_norm(x, self.weight, self.eps)
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
+
+    def add_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(residual + x), residual + x); the fused op updates `residual` in place."""
+        if self.cpu_ops:
+            return torch.ops.qfid_cpu.add_rms_norm_(x, residual, self.weight, self.eps), residual
+        residual = residual + x
+        return self(residual), residual
 
 
 def rope_inv_freq(config) -> torch.Tensor:
@@ -78,11 +92,15 @@ class Rotary(nn.Module):
         self.sin = freqs.sin().to(dtype)
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[T, 1, d/2] cos and sin for these positions, shared by every layer."""
-        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        """[T, d/2] cos and sin for these positions, shared by every layer."""
+        return self.cos[positions], self.sin[positions]
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cpu_ops: bool) -> torch.Tensor:
+    """Rotate-half RoPE of x [T, heads, d]; `cpu_ops` rotates in place in one fused CPU op."""
+    if cpu_ops:
+        return torch.ops.qfid_cpu.rotary_(x, cos, sin)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     first, second = x.chunk(2, dim=-1)
     return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
 
@@ -127,8 +145,9 @@ def _concatenated(linears: list[nn.Module]) -> nn.Module | None:
 
 
 class Attention(nn.Module):
-    def __init__(self, hf_attention: nn.Module, config):
+    def __init__(self, hf_attention: nn.Module, config, cpu_ops: bool):
         super().__init__()
+        self.cpu_ops = cpu_ops
         self.qkv_proj = ParallelLinears([hf_attention.q_proj, hf_attention.k_proj, hf_attention.v_proj])
         self.o_proj = hf_attention.o_proj
         self.num_heads = config.num_attention_heads
@@ -140,36 +159,50 @@ class Attention(nn.Module):
                 kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         tokens = x.shape[0]
         q, k, v = self.qkv_proj(x)
-        q = apply_rotary(q.view(tokens, self.num_heads, self.head_dim), *rope)
-        k = apply_rotary(k.view(tokens, self.num_kv_heads, self.head_dim), *rope)
+        q = apply_rotary(q.view(tokens, self.num_heads, self.head_dim), *rope, self.cpu_ops)
+        k = apply_rotary(k.view(tokens, self.num_kv_heads, self.head_dim), *rope, self.cpu_ops)
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         out = paged_attention(q, k, v, *kv_cache, meta, self.scale)
         return self.o_proj(out.reshape(tokens, self.num_heads * self.head_dim))
 
 
 class DenseMLP(nn.Module):
-    def __init__(self, hf_mlp: nn.Module):
+    """SwiGLU; with `cpu_ops` and gate/up in one layer, SiLU-and-multiply is one fused CPU op."""
+
+    def __init__(self, hf_mlp: nn.Module, cpu_ops: bool):
         super().__init__()
         self.gate_up_proj = ParallelLinears([hf_mlp.gate_proj, hf_mlp.up_proj])
         self.down_proj = hf_mlp.down_proj
+        self.cpu_ops = cpu_ops and self.gate_up_proj.fused is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cpu_ops:
+            return self.down_proj(torch.ops.qfid_cpu.silu_and_mul(self.gate_up_proj.fused(x)))
         gate, up = self.gate_up_proj(x)
         return self.down_proj(nn.functional.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, hf_layer: nn.Module, config, mlp: nn.Module):
+    """Pre-norm block in the residual-stream form: takes (this block's input delta, the
+    running residual) and returns the same for the next block, so each residual add is
+    fused into the norm that follows it. The arithmetic (and rounding) is transformers'
+    `x = x + attn(norm(x)); x = x + mlp(norm(x))`."""
+
+    def __init__(self, hf_layer: nn.Module, config, mlp: nn.Module, cpu_ops: bool):
         super().__init__()
         eps = config.rms_norm_eps
-        self.input_norm = RMSNorm(hf_layer.input_layernorm.weight, eps)
-        self.attention = Attention(hf_layer.self_attn, config)
-        self.post_attention_norm = RMSNorm(hf_layer.post_attention_layernorm.weight, eps)
+        self.input_norm = RMSNorm(hf_layer.input_layernorm.weight, eps, cpu_ops)
+        self.attention = Attention(hf_layer.self_attn, config, cpu_ops)
+        self.post_attention_norm = RMSNorm(hf_layer.post_attention_layernorm.weight, eps, cpu_ops)
         self.mlp = mlp
 
-    def forward(self, x, rope, meta, kv_cache):
-        x = x + self.attention(self.input_norm(x), rope, meta, kv_cache)
-        return x + self.mlp(self.post_attention_norm(x))
+    def forward(self, x, residual, rope, meta, kv_cache):
+        if residual is None:
+            residual, h = x, self.input_norm(x)
+        else:
+            h, residual = self.input_norm.add_norm(x, residual)
+        h, residual = self.post_attention_norm.add_norm(self.attention(h, rope, meta, kv_cache), residual)
+        return self.mlp(h), residual
 
 
 class CausalLM(nn.Module):
@@ -182,10 +215,12 @@ class CausalLM(nn.Module):
         self.config = config
         self.dtype = hf_model.get_input_embeddings().weight.dtype
         self.embed_tokens = hf_model.get_input_embeddings()
+        cpu_ops = _cpu_ops_supported(config, self.dtype, spec)
         self.layers = nn.ModuleList(
-            DecoderLayer(layer, config, _mlp_of(layer, config, spec)) for layer in decoder_blocks(hf_model, spec)
+            DecoderLayer(layer, config, _mlp_of(layer, config, spec, cpu_ops), cpu_ops)
+            for layer in decoder_blocks(hf_model, spec)
         )
-        self.norm = RMSNorm(hf_model.model.norm.weight, config.rms_norm_eps)
+        self.norm = RMSNorm(hf_model.model.norm.weight, config.rms_norm_eps, cpu_ops)
         self.lm_head = hf_model.get_output_embeddings()
         self.rotary = Rotary(config, self.dtype)
 
@@ -196,25 +231,36 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
+        x, residual = self.embed_tokens(input_ids), None
         rope = self.rotary.tables(positions)
         for layer, kv_cache in zip(self.layers, kv_caches):
-            x = layer(x, rope, meta, kv_cache)
-        return self.norm(x)
+            x, residual = layer(x, residual, rope, meta, kv_cache)
+        return self.norm.add_norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
 
 
-def _mlp_of(layer: nn.Module, config, spec: ArchSpec) -> nn.Module:
+def _mlp_of(layer: nn.Module, config, spec: ArchSpec, cpu_ops: bool) -> nn.Module:
     if spec.moe:
         from qfid.models.moe import SparseMoE
 
         return SparseMoE(block_module(layer, "block_sparse_moe"), config)
-    return DenseMLP(layer.mlp)
+    return DenseMLP(layer.mlp, cpu_ops)
+
+
+def _cpu_ops_supported(config, dtype: torch.dtype, spec: ArchSpec) -> bool:
+    """Whether this model's norms, RoPE and SwiGLU run as qfid's fused CPU ops: on a CPU
+    with the kernels built (not under QFID_KERNEL=reference) and widths they handle."""
+    from qfid.kernels.cpu import elementwise_supported
+
+    intermediate = None if spec.moe else config.intermediate_size
+    return elementwise_supported(torch.device("cpu"), dtype, config.hidden_size, head_dim(config), intermediate)
 
 
 def build_runtime_model(hf_model: nn.Module) -> CausalLM:
     """Our forward over the modules of a loaded transformers CausalLM (dense or quantized)."""
     architectures = getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__]
-    return CausalLM(hf_model, arch_spec(architectures[0])).eval()
+    model = CausalLM(hf_model, arch_spec(architectures[0])).eval()
+    pack_dense_linears(model)
+    return model

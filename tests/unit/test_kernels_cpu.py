@@ -10,7 +10,7 @@ import torch
 
 from qfid.kernels import cpu
 from qfid.kernels.cpu_build import load_cpu_ops, missing_requirements
-from qfid.kernels.cpu_layout import TILE_ROWS, pack_int4_tiles, pack_int4_torch, tile_group_bytes
+from qfid.kernels.cpu_layout import TILE_ROWS, pack_bf16_tiles, pack_int4_tiles, pack_int4_torch, tile_group_bytes
 from qfid.quant.packing import pack_awq_gemm
 from tests.unit import test_kernels_reference as cases
 
@@ -103,6 +103,43 @@ def test_int4_kernel_keeps_leading_dims_and_no_bias():
     assert cases.rel_err(y.view(6, 80), x.double() @ q.dequantize(torch.float64).T) < cases.TOL[torch.float32]
 
 
+def test_bf16_tile_layout_round_trips():
+    """Tile t, pair p, lane r of the packed weight is (w[64t + r, 2p], w[64t + r, 2p + 1])."""
+    w = torch.randn(70, 10).bfloat16()
+    packed = pack_bf16_tiles(w)
+    assert packed.shape == (2, 5, 2 * TILE_ROWS)
+    back = packed.view(2, 5, TILE_ROWS, 2).permute(0, 2, 1, 3).reshape(2 * TILE_ROWS, 10)
+    assert torch.equal(back[:70], w) and not back[70:].any()
+
+
+@needs_kernels
+@pytest.mark.parametrize("m", [1, 2, 3, 6, 7, 17, 64, 300])
+@pytest.mark.parametrize("n,k", [(72, 100), (130, 192), (64, 2), (576, 1536)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bf16_kernel_matches_float64(m, n, k, with_bias):
+    """bf16 products are exact in fp32 and summed in fp32: the only visible error is the
+    final rounding to bf16 (relative 2^-8 of the largest output)."""
+    gen = torch.Generator().manual_seed(m * n + k)
+    w = torch.randn(n, k, generator=gen).bfloat16()
+    x = torch.randn(m, k, generator=gen).bfloat16()
+    bias = torch.randn(n, generator=gen) if with_bias else None
+    y = cpu.bf16_linear(x, cpu.pack_bf16(w), bias, n)
+    ref = x.double() @ w.double().T + (0 if bias is None else bias.double())
+    assert y.dtype == torch.bfloat16 and y.shape == (m, n)
+    assert cases.rel_err(y, ref) < 2 ** -8
+
+
+@needs_kernels
+def test_bf16_kernel_keeps_leading_dims_and_rejects_other_dtypes():
+    w = torch.randn(80, 96).bfloat16()
+    x = torch.randn(2, 3, 96).bfloat16()
+    y = cpu.bf16_linear(x, cpu.pack_bf16(w), None, 80)
+    assert y.shape == (2, 3, 80)
+    assert cases.rel_err(y.view(6, 80), x.view(6, 96).double() @ w.double().T) < 2 ** -8
+    with pytest.raises(RuntimeError, match="bf16 activations"):
+        cpu.bf16_linear(x.float(), cpu.pack_bf16(w), None, 80)
+
+
 @needs_kernels
 @pytest.mark.parametrize("m", [1, 3, 6, 17])
 @pytest.mark.parametrize("n,k", [(72, 100), (130, 192)])
@@ -171,6 +208,41 @@ def test_paged_decode_attention(heads, kv_heads, dim, dtype, seqs):
 
 
 @needs_kernels
+@pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (4, 4, 32), (8, 1, 80), (6, 2, 128)])
+@pytest.mark.parametrize("starts,lens", [([0], [1]), ([0, 0], [150, 17]), ([40, 0, 5], [100, 64, 1]), ([63], [65])])
+def test_paged_prefill_attention(heads, kv_heads, dim, starts, lens):
+    """Chunks with and without cached context, more rows than one 64-query block, single
+    rows, over shuffled blocks: each row is a decode query whose context ends at its own
+    position, so the float64 decode reference checks it."""
+    g = torch.Generator().manual_seed(sum(lens) + dim)
+    blocks, block_size = 64, 16
+    width = max(-(-(s + n) // block_size) for s, n in zip(starts, lens))
+    tables = torch.stack([torch.randperm(blocks, generator=g)[:width] for _ in lens])
+    q = torch.randn(sum(lens), heads, dim, generator=g).bfloat16()
+    k_cache = torch.randn(kv_heads, blocks, block_size, dim, generator=g).bfloat16()
+    v_cache = torch.randn(kv_heads, blocks, block_size, dim, generator=g).bfloat16()
+    out = cpu.paged_prefill_attention(q, k_cache, v_cache, tables, torch.tensor(starts), torch.tensor(lens), dim ** -0.5)
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape
+    row_tables = torch.cat([tables[c].expand(n, -1) for c, n in enumerate(lens)])
+    row_lens = torch.cat([s + torch.arange(1, n + 1) for s, n in zip(starts, lens)])
+    ref = cases.paged_attention_reference(q, k_cache, v_cache, row_tables, row_lens, dim ** -0.5)
+    assert cases.rel_err(out, ref) < cases.TOL[torch.bfloat16]
+
+
+@needs_kernels
+def test_paged_prefill_attention_rejects_bad_chunks():
+    q = torch.randn(10, 4, 32).bfloat16()
+    cache = torch.zeros(2, 4, 16, 32).bfloat16()
+    tables = torch.tensor([[0, 1]])
+    with pytest.raises(RuntimeError, match="past its block table"):
+        cpu.paged_prefill_attention(q, cache, cache, tables, torch.tensor([30]), torch.tensor([10]), 1.0)
+    with pytest.raises(RuntimeError, match="add up"):
+        cpu.paged_prefill_attention(q, cache, cache, tables, torch.tensor([0]), torch.tensor([9]), 1.0)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        cpu.paged_prefill_attention(q.float(), cache.float(), cache.float(), tables, torch.tensor([0]), torch.tensor([10]), 1.0)
+
+
+@needs_kernels
 def test_paged_decode_attention_rejects_a_length_past_its_table():
     q, cache = torch.randn(1, 2, 16), torch.randn(2, 4, 16, 16)
     with pytest.raises(RuntimeError, match="context lengths"):
@@ -187,3 +259,88 @@ def test_paged_decode_attention_with_peaked_scores():
     lens = torch.tensor([1, 16, 33, 50, 64])
     out = cpu.paged_decode_attention(q, k_cache, v_cache, tables, lens, 32 ** -0.5)
     assert cases.rel_err(out, cases.paged_attention_reference(q, k_cache, v_cache, tables, lens, 32 ** -0.5)) < cases.TOL[torch.float32]
+
+
+# The fused elementwise ops keep torch's rounding steps: rotary and the KV store are
+# bit-exact; RMSNorm (its mean is summed in another order) and SiLU (its own vectorised
+# exp) may differ from torch by one unit in the last place of the output dtype, rarely.
+ELEMENTWISE_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def assert_within_one_ulp(y: torch.Tensor, ref: torch.Tensor, max_share: float = 0.02) -> None:
+    assert y.dtype == ref.dtype and y.shape == ref.shape
+    if y.dtype == torch.float32:
+        assert torch.allclose(y, ref, rtol=1e-5, atol=1e-6)
+        return
+    ulp = torch.finfo(y.dtype).eps * ref.float().abs().clamp_min(torch.finfo(y.dtype).tiny)
+    diff = (y.float() - ref.float()).abs()
+    assert bool((diff <= ulp * 1.01).all())
+    assert (diff > 0).float().mean().item() <= max_share
+
+
+def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.float()
+    return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", ELEMENTWISE_DTYPES)
+@pytest.mark.parametrize("rows", [1, 5, 300])
+def test_rms_norm_and_add_rms_norm_match_torch(dtype, rows):
+    gen = torch.Generator().manual_seed(rows)
+    x = (torch.randn(rows, 576, generator=gen) * 3).to(dtype)
+    residual = torch.randn(rows, 576, generator=gen).to(dtype)
+    weight = (torch.rand(576, generator=gen) + 0.5).to(dtype)
+    assert_within_one_ulp(torch.ops.qfid_cpu.rms_norm(x, weight, 1e-5), torch_rms_norm(x, weight, 1e-5))
+    expected_sum = residual + x
+    y = torch.ops.qfid_cpu.add_rms_norm_(x, residual, weight, 1e-5)
+    assert torch.equal(residual, expected_sum)
+    assert_within_one_ulp(y, torch_rms_norm(expected_sum, weight, 1e-5))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", ELEMENTWISE_DTYPES)
+def test_silu_and_mul_matches_torch_on_a_strided_input(dtype):
+    gen = torch.Generator().manual_seed(1)
+    wide = (torch.randn(37, 3 * 1536, generator=gen) * 4).to(dtype)
+    gate_up = wide[:, : 2 * 1536]   # rows strided, as a slice of a wider output
+    gate, up = gate_up.chunk(2, dim=-1)
+    assert_within_one_ulp(torch.ops.qfid_cpu.silu_and_mul(gate_up), torch.nn.functional.silu(gate) * up)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", ELEMENTWISE_DTYPES)
+@pytest.mark.parametrize("dim", [32, 64, 128])
+def test_rotary_in_place_is_bit_exact_on_qkv_views(dtype, dim):
+    from qfid.models.llama import apply_rotary
+
+    tokens, heads, kv_heads = 23, 9, 3
+    gen = torch.Generator().manual_seed(dim)
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen).to(dtype)
+    cos, sin = torch.randn(tokens, dim // 2, generator=gen).to(dtype), torch.randn(tokens, dim // 2, generator=gen).to(dtype)
+    q, k, _ = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+    expected_q = apply_rotary(q.view(tokens, heads, dim), cos, sin, cpu_ops=False)
+    expected_k = apply_rotary(k.view(tokens, kv_heads, dim), cos, sin, cpu_ops=False)
+    untouched_v = qkv[:, (heads + kv_heads) * dim:].clone()
+    assert torch.equal(apply_rotary(q.view(tokens, heads, dim), cos, sin, cpu_ops=True), expected_q)
+    assert torch.equal(apply_rotary(k.view(tokens, kv_heads, dim), cos, sin, cpu_ops=True), expected_k)
+    assert torch.equal(qkv[:, (heads + kv_heads) * dim:], untouched_v)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", ELEMENTWISE_DTYPES)
+def test_store_kv_matches_the_torch_store(dtype):
+    from qfid.engine.attention import store_kv
+
+    kv_heads, blocks, block_size, dim, tokens = 3, 10, 16, 64, 40
+    gen = torch.Generator().manual_seed(3)
+    kv = torch.randn(tokens, 4 * kv_heads * dim, generator=gen).to(dtype)
+    k = kv[:, : kv_heads * dim].view(tokens, kv_heads, dim)
+    v = kv[:, kv_heads * dim: 2 * kv_heads * dim].view(tokens, kv_heads, dim)
+    slots = torch.randperm(blocks * block_size, generator=gen)[:tokens]
+    caches = [torch.zeros(kv_heads, blocks, block_size, dim, dtype=dtype) for _ in range(4)]
+    store_kv(caches[0], caches[1], k, v, slots)
+    cpu.store_kv(caches[2], caches[3], k, v, slots)
+    assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        cpu.store_kv(caches[2], caches[3], k[:1], v[:1], torch.tensor([blocks * block_size]))
