@@ -66,4 +66,18 @@ inline void store16(void* out, at::ScalarType dtype, int64_t i, __m512 v, __mmas
   else _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + i, mask, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
 
+// A finished tile of 64 output columns: fp32 sums of rows [m0, m1) (acc row r - m0 at
+// acc + (r - m0) * 64), plus the bias, written into columns n0.. of the [M, N] output.
+inline void store_tile_rows(const float* acc, int64_t m0, int64_t m1, int64_t n0, int64_t N, const float* bias,
+                            at::ScalarType dtype, void* out) {
+  for (int b = 0; b < 4; ++b) {
+    const int64_t n = n0 + 16 * b, left = N - n;
+    if (left <= 0) break;
+    const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+    const __m512 add = bias ? _mm512_maskz_loadu_ps(mask, bias + n) : _mm512_setzero_ps();
+    for (int64_t m = m0; m < m1; ++m)
+      store16(out, dtype, m * N + n, _mm512_add_ps(_mm512_loadu_ps(acc + (m - m0) * 64 + 16 * b), add), mask);
+  }
+}
+
 }  // namespace qfid_cpu

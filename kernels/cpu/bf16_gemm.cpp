@@ -25,19 +25,6 @@
 namespace qfid_cpu {
 namespace {
 
-// fp32 sums of rows [m0, m1) for output columns n0.. (+ bias) into the output's dtype.
-void store_rows(const float* acc, int64_t m0, int64_t m1, int64_t n0, int64_t N, const float* bias,
-                at::ScalarType dtype, void* out) {
-  for (int b = 0; b < 4; ++b) {
-    const int64_t n = n0 + 16 * b, left = N - n;
-    if (left <= 0) break;
-    const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-    const __m512 add = bias ? _mm512_maskz_loadu_ps(mask, bias + n) : _mm512_setzero_ps();
-    for (int64_t m = m0; m < m1; ++m)
-      store16(out, dtype, m * N + n, _mm512_add_ps(_mm512_loadu_ps(acc + (m - m0) * kTileRows + 16 * b), add), mask);
-  }
-}
-
 // How many row chunks each tile's work is cut into: enough work items to keep every
 // thread busy on narrow layers (576 outputs = 9 tiles), whole register blocks each.
 int64_t row_chunk(int64_t M, int64_t tiles) {
@@ -74,7 +61,7 @@ at::Tensor bf16_gemm(const at::Tensor& packed, const at::Tensor& x, const std::o
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t t = i / chunks, m0 = (i % chunks) * chunk, m1 = std::min(M, m0 + chunk);
       tile_times_rows(wp + t * K * kTileRows, xp + m0 * K, K, K, m1 - m0, acc.get(), kTileRows);
-      store_rows(acc.get(), m0, m1, t * kTileRows, out_features, bp, y.scalar_type(), y.data_ptr());
+      store_tile_rows(acc.get(), m0, m1, t * kTileRows, out_features, bp, y.scalar_type(), y.data_ptr());
     }
   });
   return with_leading_dims(y, x);

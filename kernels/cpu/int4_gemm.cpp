@@ -187,19 +187,6 @@ at::Tensor group_sums(const Bf16Split& x, int64_t G) {
   return sums;
 }
 
-// The finished tile: fp32 accumulators + bias, written into the output's dtype.
-void store_tile(const float* acc, int64_t M, int64_t n0, int64_t N, const float* bias, at::ScalarType dtype,
-                void* out) {
-  for (int b = 0; b < 4; ++b) {
-    const int64_t n = n0 + 16 * b, left = N - n;
-    if (left <= 0) break;
-    const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-    const __m512 add = bias ? _mm512_maskz_loadu_ps(mask, bias + n) : _mm512_setzero_ps();
-    for (int64_t m = 0; m < M; ++m)
-      store16(out, dtype, m * N + n, _mm512_add_ps(_mm512_loadu_ps(acc + m * kTileRows + 16 * b), add), mask);
-  }
-}
-
 // y[..., N] = x[..., K] @ W^T + bias, W given as packed tiles; y in x's dtype.
 at::Tensor int4_gemm(const at::Tensor& packed, const at::Tensor& x, const std::optional<at::Tensor>& bias,
                      int64_t group_size, int64_t out_features) {
@@ -224,7 +211,7 @@ at::Tensor int4_gemm(const at::Tensor& packed, const at::Tensor& x, const std::o
       const uint8_t* tile = base + t * tile_bytes;
       if (a.xl) run_tile<true>(tile, a, M, buf.get(), acc.get(), kTileRows);
       else run_tile<false>(tile, a, M, buf.get(), acc.get(), kTileRows);
-      store_tile(acc.get(), M, t * kTileRows, out_features, bp, y.scalar_type(), y.data_ptr());
+      store_tile_rows(acc.get(), 0, M, t * kTileRows, out_features, bp, y.scalar_type(), y.data_ptr());
     }
   });
   return with_leading_dims(y, x);

@@ -7,6 +7,9 @@ from typing import Optional
 import typer
 
 from qfid.cli.options import MODEL_ARG
+from qfid.errors import QfidError
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 HELP = """Evaluate a model on eval suites and store the run (manifest.json + per-item records) for compare/gate.
 
@@ -17,6 +20,8 @@ Examples:
   qfid eval smollm2-135m --suite finance-mc,legal,general --name fp32
 
   qfid eval out/smollm2-awq --suite finance,legal,multilingual,general --name int4 --limit 200
+
+  qfid eval out/smollm2-awq --suite finance-mc,legal --name int4-bf16 --dtype bfloat16
 
   qfid eval ./model --suite path/to/my_suite.yaml --name mine
 
@@ -33,6 +38,7 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, "--limit", help="About N items per suite: a seeded sample of whole groups (parallel languages stay together), so at least N."),
     seed: int = typer.Option(0, "--seed", help="Seed for the --limit sample."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass (hf) or per request (openai)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Activation dtype of a local model (engine, hf): float32 | bfloat16 | float16."),
     top_k: int = typer.Option(10, "--top-k", help="Top-k next-token log-probs stored per answer token (for KL in compare); 0 to skip."),
     chat: bool = typer.Option(False, "--chat", help="Use the suite's chat prompt under the model's chat template."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Override the suites' generation length."),
@@ -49,7 +55,7 @@ def eval_command(
     suites = load_suites(suite)  # first: a typo fails before a model is loaded
     options = RunOptions(model=model, limit=limit, seed=seed, top_k=top_k, chat=chat, max_tokens=max_tokens,
                          batch_items=max(1, batch_size * 2))
-    backend_options = {"batch_size": batch_size} | ({"base_url": base_url} if base_url else {})
+    backend_options = {"batch_size": batch_size} | ({"base_url": base_url} if base_url else {"dtype": _dtype(dtype)})
     runner_backend = make_backend(backend, model, **backend_options)
     store = RunStore(Path(runs_dir), name)
     store.open(build_manifest(name, runner_backend, suites, options), overwrite=overwrite)
@@ -57,6 +63,12 @@ def eval_command(
         results = run_suites(runner_backend, suites, store, options, progress)
     store.finish(results, now())
     _print_results(name, store.path, results)
+
+
+def _dtype(name: str) -> str:
+    if name not in DTYPES:
+        raise QfidError(f"--dtype {name!r} is not one of {', '.join(DTYPES)}")
+    return name
 
 
 def _progress():

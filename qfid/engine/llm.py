@@ -8,7 +8,7 @@ from pathlib import Path
 from qfid.engine.config import EngineConfig
 from qfid.engine.detokenizer import TextDeltas
 from qfid.engine.llm_engine import LLMEngine
-from qfid.engine.loader import eos_token_ids, load_model_and_tokenizer, set_num_threads
+from qfid.engine.loader import eos_token_ids, load_model_and_tokenizer, release_freed_memory, set_num_threads
 from qfid.engine.outputs import RequestOutput
 from qfid.engine.sampling import SamplingParams
 from qfid.errors import QfidError
@@ -29,7 +29,10 @@ class LLM:
             set_num_threads(config.num_threads)
         hf_model, tokenizer, self.model_dir = load_model_and_tokenizer(model_path_or_name, config.dtype)
         self.tokenizer = tokenizer
-        self.engine = LLMEngine(build_runtime_model(hf_model), tokenizer, config, eos_token_ids(hf_model, tokenizer))
+        eos_ids = eos_token_ids(hf_model, tokenizer)
+        self.engine = LLMEngine(build_runtime_model(hf_model), tokenizer, config, eos_ids)
+        del hf_model
+        release_freed_memory()
 
     def generate(self, prompts: list[str] | list[list[int]] | str,
                  sampling_params: SamplingParams | list[SamplingParams] | None = None) -> list[RequestOutput]:

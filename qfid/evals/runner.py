@@ -55,11 +55,13 @@ def now() -> str:
 def build_manifest(name: str, backend: Backend, suites: list[Suite], options: RunOptions) -> dict:
     from qfid import __version__
 
-    identity = {"model": options.model, "backend": backend.name, "suites": {s.name: s.version for s in suites},
-                "limit": options.limit, "seed": options.seed, "prompt_style": "chat" if options.chat else "plain", "top_k": options.top_k}
+    described = backend.describe()
+    identity = {"model": options.model, "backend": backend.name, "dtype": described.get("dtype"),
+                "suites": {s.name: s.version for s in suites}, "limit": options.limit, "seed": options.seed,
+                "prompt_style": "chat" if options.chat else "plain", "top_k": options.top_k}
     suites_info = [{"name": s.name, "version": s.version, "source": str(s.source), "items": len(s.items),
                     "selected": len(select_items(s.items, options.limit, options.seed))} for s in suites]
-    return {"name": name, "identity": identity, "model": backend.describe(), "suites": suites_info,
+    return {"name": name, "identity": identity, "model": described, "suites": suites_info,
             "qfid_version": __version__, "started": now()}
 
 

@@ -3,7 +3,7 @@
 Records are appended as parquet parts (`records/part-00000.parquet`, one per finished
 batch, each written to a temp name and renamed), so an interrupted run resumes without
 redoing finished items; `finish` merges them into `records.parquet`. The manifest's
-`identity` (model, backend, suites, limit, seed, prompt style) must match to resume.
+`identity` (model, backend, activation dtype, suites, limit, seed, prompt style) must match to resume.
 """
 from __future__ import annotations
 

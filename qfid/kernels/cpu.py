@@ -5,8 +5,13 @@ Measured on the Zen 4 development machine (bench/kernels.py, 2 threads): qfid's 
 kernel runs a 14336x4096 layer at batch 1 in ~0.7-0.8 ms against ~1.6 ms for
 `aten._weight_int4pack_mm_for_cpu`, and stays ahead of it at batch 8 and 64 (where torch's
 falls to half of bf16 dense speed), so the well-kept torch op is the fallback rather than
-the default. qfid's FP8 kernel is several times faster than bf16 dense at batch 1 and
-hands batches above 8 rows to oneDNN after dequantizing (about bf16 dense speed).
+the default. qfid's FP8 kernel is several times faster than bf16 dense at batch 1; above
+8 rows it dequantizes into the bf16 GEMM's packed tiles (bf16 activations) or hands the
+rows to oneDNN after dequantizing (fp32/fp16).
+
+The module also fronts the runtime's other CPU ops: the packed dense bf16 GEMM, the paged
+decode and prefill attention, the KV store and the fused elementwise ops of the Llama
+forward (each with a `*_supported` check the runtime asks once at build time).
 """
 from __future__ import annotations
 

@@ -94,6 +94,17 @@ def test_a_run_name_with_other_settings_is_refused(tiny_llama_dir, tmp_path):
     assert _eval(tiny_llama_dir, tmp_path, "--seed", "5", "--overwrite").exit_code == 0
 
 
+def test_dtype_is_part_of_the_run_and_checked(tiny_llama_dir, tmp_path):
+    result = _eval(tiny_llama_dir, tmp_path, "--dtype", "bfloat16")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    manifest = json.loads((tmp_path / "tiny" / "manifest.json").read_text())
+    assert manifest["identity"]["dtype"] == manifest["model"]["dtype"] == "bfloat16"
+    clash = _eval(tiny_llama_dir, tmp_path)
+    assert isinstance(clash.exception, QfidError) and "dtype: 'bfloat16' -> 'float32'" in str(clash.exception)
+    bad = _eval(tiny_llama_dir, tmp_path, "--dtype", "fp64", "--overwrite")
+    assert isinstance(bad.exception, QfidError) and "--dtype 'fp64'" in str(bad.exception)
+
+
 def test_chat_prompts_use_the_tokenizer_template(tiny_llama_dir, tmp_path):
     import pandas as pd
 

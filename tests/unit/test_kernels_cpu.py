@@ -156,15 +156,17 @@ def test_fp8_kernel_matches_float64(m, n, k, per_channel, dtype):
 
 @needs_kernels
 @pytest.mark.parametrize("rows", [1, 8])
-@pytest.mark.parametrize("batch", [8, 256])   # the streamed path, the dequantize + GEMM path
-def test_fp8_kernel_decodes_every_code_exactly(rows, batch):
-    """x = identity picks out each weight: zero, subnormals and +-448 must come back exact."""
+@pytest.mark.parametrize("batch", [8, 256])   # the streamed path, the dequantize + GEMM / tile path
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_kernel_decodes_every_code_exactly(rows, batch, dtype):
+    """x = identity picks out each weight: zero, subnormals and +-448 must come back exact
+    (times the scale, rounded once to the activation dtype)."""
     w = cases.all_e4m3_codes(rows)
     scale = torch.rand(rows, 1) + 0.5
-    eye = torch.eye(256)
+    eye = torch.eye(256, dtype=dtype)
     y = torch.cat([cpu.fp8_linear(eye[i: i + batch], w, scale, None, None, quantize_activations=False)
                    for i in range(0, 256, batch)])
-    assert torch.equal(y.T, cases.e4m3_decode(w).float() * scale)
+    assert torch.equal(y.T, (cases.e4m3_decode(w).float() * scale).to(dtype))
 
 
 @needs_kernels
