@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _layers import DEFAULT_SHAPES, clone, nbytes, parse_shapes
 
-SMOLLM2 = [(576, 576), (192, 576), (1536, 576), (576, 1536)]
-BIG = {"4096x4096": (4096, 4096), "14336x4096": (14336, 4096), "4096x14336": (4096, 14336)}
 SECONDS_PER_CASE, MIN_ROUNDS, MAX_ROUNDS = 1.5, 10, 400
 MAX_COPIES = 1024
 
@@ -92,14 +91,6 @@ def make_paths(out_f: int, in_f: int, group: int) -> dict:
     return paths
 
 
-def nbytes(obj) -> int:
-    return obj.numel() * obj.element_size() if isinstance(obj, torch.Tensor) else sum(nbytes(o) for o in obj)
-
-
-def clone(obj):
-    return obj.clone() if isinstance(obj, torch.Tensor) else tuple(clone(o) for o in obj)
-
-
 def bench_layer(out_f: int, in_f: int, group: int, batches: list[int], llc: int, seconds: float) -> list[dict]:
     paths = make_paths(out_f, in_f, group)
     copies, sizes = {}, {}
@@ -140,21 +131,9 @@ def render(rows: list[dict], copy: dict) -> None:
     Console(width=max(120, Console().width)).print(table)
 
 
-def parse_shapes(spec: str) -> list[tuple[int, int, int]]:
-    """(out, in, group): SmolLM2's shapes in groups of 64, the 4096-class layers of 128."""
-    shapes = []
-    for item in spec.split(","):
-        if item == "smollm2":
-            shapes += [(o, i, 64) for o, i in SMOLLM2]
-        else:
-            out_f, in_f = BIG.get(item) or tuple(int(v) for v in item.split("x"))
-            shapes.append((out_f, in_f, 128 if in_f % 128 == 0 else 64))
-    return shapes
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="smollm2,4096x4096,14336x4096,4096x14336")
+    parser.add_argument("--shapes", default=DEFAULT_SHAPES)
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seconds", type=float, default=SECONDS_PER_CASE,

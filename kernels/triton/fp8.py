@@ -7,6 +7,12 @@ with one scale per row (W8A8, dynamic per token or a static per-tensor scale bro
 then both operands go to the tensor cores as FP8 (sm_89+) and the scales are applied to
 the fp32 accumulator once, at the end. A per-tensor scale is a per-channel scale with
 stride 0, so one kernel serves both.
+
+Accuracy of the FP8 MMA: on Hopper, tiles of 64+ rows run on wgmma, whose FP8 products are
+added in reduced precision: ~1e-4 relative error against float64 on an H100, the same at
+K = 96 and K = 14336 (the error does not grow with K). Promoting to fp32 every 32 products
+(`max_num_imprecise_acc=32`) cut it to 4.6e-5 but made a 64-row 4096x14336 GEMM 1.8x
+slower; E4M3 activations themselves round by up to 2^-4, so the default stays.
 """
 import triton
 import triton.language as tl

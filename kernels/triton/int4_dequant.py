@@ -11,7 +11,7 @@ import triton.language as tl
 from qfid.kernels.sources import load_source_module
 
 _layouts = load_source_module("triton", "int4_layouts")
-awq_nibbles = _layouts.awq_nibbles
+awq_codes = _layouts.awq_codes
 sequential_nibbles = _layouts.sequential_nibbles
 
 
@@ -19,13 +19,15 @@ sequential_nibbles = _layouts.sequential_nibbles
 def awq_dequant_kernel(qweight_ptr, qzeros_ptr, scales_ptr, out_ptr, K, N, group_size,
                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """AWQ GEMM tensors (qweight [K, N/8], qzeros [K/G, N/8], scales [K/G, N]) -> out [N, K].
-    Program (i, j) covers inputs i*BLOCK_R.. and outputs j*BLOCK_C.."""
+    Program (i, j) covers inputs i*BLOCK_R.. and outputs j*BLOCK_C.. (words j*BLOCK_C/8..)."""
     k = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     n = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    w = tl.program_id(1) * (BLOCK_C // 8) + tl.arange(0, BLOCK_C // 8)
     mask = (k[:, None] < K) & (n[None, :] < N)
+    w_mask = (k[:, None] < K) & (w[None, :] < N // 8)
     g = k // group_size
-    q = awq_nibbles(qweight_ptr, k, n, N, mask)
-    z = awq_nibbles(qzeros_ptr, g, n, N, mask)
+    q = awq_codes(qweight_ptr, k, w, N // 8, w_mask, BLOCK_C)
+    z = awq_codes(qzeros_ptr, g, w, N // 8, w_mask, BLOCK_C)
     s = tl.load(scales_ptr + g[:, None] * N + n[None, :], mask=mask, other=0.0).to(tl.float32)
     w = (q - z).to(tl.float32) * s
     tl.store(out_ptr + n[None, :] * K + k[:, None], w.to(out_ptr.dtype.element_ty), mask=mask)

@@ -11,12 +11,20 @@ import triton.language as tl
 
 
 @triton.jit
-def awq_nibbles(ptr, rows, cols, n_cols, mask):
-    """Codes [len(rows), len(cols)] of AWQ-packed words laid out [*, n_cols / 8]."""
-    j = cols % 8
+def awq_codes(ptr, rows, words, n_words, mask, COLS: tl.constexpr):
+    """Codes [len(rows), COLS] of AWQ-packed words laid out [*, n_words], for the COLS =
+    8 * len(words) output columns that the words `words` hold (column 8w + j of the result
+    is nibble j of words[w], in output order). Each word is loaded once, as a contiguous
+    run along the row, and fanned out to its 8 columns in registers: loading it once per
+    column instead costs 8x the load instructions and, in a pipelined GEMM, 8x the shared
+    memory per stage (measured on an H100: a decode GEMM 10x slower than fp16 cuBLAS)."""
+    packed = tl.load(ptr + rows[:, None] * n_words + words[None, :], mask=mask, other=0)
+    packed = tl.interleave(packed, packed)   # each word twice, side by side
+    packed = tl.interleave(packed, packed)   # four times
+    packed = tl.interleave(packed, packed)   # eight times: result column c holds word c // 8
+    j = tl.arange(0, COLS) % 8
     shift = ((j // 2) + (j % 2) * 4) * 4
-    words = tl.load(ptr + rows[:, None] * (n_cols // 8) + (cols // 8)[None, :], mask=mask, other=0)
-    return (words >> shift[None, :]) & 0xF
+    return (packed >> shift[None, :]) & 0xF
 
 
 @triton.jit

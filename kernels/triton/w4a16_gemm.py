@@ -13,7 +13,7 @@ import triton.language as tl
 
 from qfid.kernels.sources import load_source_module
 
-awq_nibbles = load_source_module("triton", "int4_layouts").awq_nibbles
+awq_codes = load_source_module("triton", "int4_layouts").awq_codes
 
 
 @triton.jit
@@ -33,17 +33,18 @@ def w4a16_gemm_kernel(x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, bias_ptr, y_pt
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    words = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)   # the packed words of columns n
     kk = tl.arange(0, BLOCK_K)
-    m_mask, n_mask = m < M, n < N
+    m_mask, n_mask, w_mask = m < M, n < N, words < N // 8
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     steps = K // BLOCK_K
     per_split = tl.cdiv(steps, SPLIT_K)
     for step in range(pid_k * per_split, tl.minimum(steps, (pid_k + 1) * per_split)):
         k = step * BLOCK_K + kk
         x = tl.load(x_ptr + m[:, None] * stride_xm + k[None, :], mask=m_mask[:, None], other=0.0)
-        q = awq_nibbles(qweight_ptr, k, n, N, n_mask[None, :])
+        q = awq_codes(qweight_ptr, k, words, N // 8, w_mask[None, :], BLOCK_N)
         g = (step * BLOCK_K) // group_size
-        z = awq_nibbles(qzeros_ptr, g + tl.zeros((1,), tl.int32), n, N, n_mask[None, :])
+        z = awq_codes(qzeros_ptr, g + tl.zeros((1,), tl.int32), words, N // 8, w_mask[None, :], BLOCK_N)
         s = tl.load(scales_ptr + g * N + n, mask=n_mask, other=0.0).to(tl.float32)
         acc += _dot(x, q - z, F32_DOT) * s[None, :]
     out = y_ptr + m[:, None] * stride_ym + n[None, :]

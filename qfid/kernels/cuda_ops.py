@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 SOURCES = ("binding.cpp", "awq_gemv.cu", "fp8_dequant.cu")
 HEADERS = ("dtypes.cuh",)
 GEMV_ROWS = 8          # kMaxRows in awq_gemv.cu
+BLOCKS_PER_SM = 4      # GEMV blocks asked for per SM (see _split_for)
 NVCC_FLAGS = ["-O3", "-std=c++17", "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
 
 
@@ -57,12 +58,12 @@ def _load() -> bool:
     return True
 
 
-def _split_for(device: torch.device, out_features: int, groups: int) -> int:
-    """Grid y size of the GEMV: enough blocks for two waves over the SMs, at most one
-    8-warp slice of groups per block."""
+def _split_for(device: torch.device, out_features: int) -> int:
+    """Grid y size asked of the GEMV: BLOCKS_PER_SM blocks of 256 threads per SM (its
+    register budget lets that many reside); the kernel caps it at the slices it has."""
     blocks_x = -(-out_features // 256)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(-(-2 * sms // blocks_x), -(-groups // 8)))
+    return max(1, -(-BLOCKS_PER_SM * sms // blocks_x))
 
 
 def prepare_int4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int) -> dict:
@@ -76,8 +77,7 @@ def int4_linear(x: torch.Tensor, t: dict, bias: torch.Tensor | None) -> torch.Te
     if rows.shape[0] > GEMV_ROWS:
         w = torch.ops.qfid_cuda.awq_dequant(t["qweight"], t["qzeros"], t["scales"], t["group_size"], x.dtype)
         return F.linear(x, w.t(), bias)
-    groups = t["qweight"].shape[0] // t["group_size"]
-    split = _split_for(x.device, t["scales"].shape[1], groups)
+    split = _split_for(x.device, t["scales"].shape[1])
     y = torch.ops.qfid_cuda.awq_gemv(rows, t["qweight"], t["qzeros"], t["scales"], t["group_size"], split)
     if bias is not None:
         y += bias.float()

@@ -86,3 +86,17 @@ def test_cuda_backend_on_gpu(monkeypatch, m, dtype):
     f = random_fp8(200, 384, per_channel=m > 1)
     y8 = cuda_ops.fp8_linear(x.to(dev), f.weight.to(dev), f.scale.to(dev), None, None, False).cpu()
     assert rel_err(y8, x.double() @ f.dequantize(torch.float64).T) < TOL[dtype] * 4
+
+
+@needs_gpu
+@pytest.mark.parametrize("m", range(1, 9))
+@pytest.mark.parametrize("k,group", [(384, 128), (360, 20)])   # slices of 32 rows; a group they don't divide
+@pytest.mark.parametrize("split", [1, 3, 1000])                 # grid y: one block loops over every slice .. capped
+def test_cuda_gemv_rows_groups_and_splits(m, k, group, split):
+    from qfid.kernels import cuda_ops
+
+    dev = torch.device("cuda")
+    assert cuda_ops.unavailable(dev) is None   # builds and loads the ops
+    x, _, (qw, qz, sc), bias, ref = awq_case(m, 200, k, group, torch.float16, seed=m)
+    y = torch.ops.qfid_cuda.awq_gemv(x.to(dev), qw.to(dev), qz.to(dev), sc.float().to(dev), group, split)
+    assert rel_err(y + bias.to(dev), ref) < TOL[torch.float16] / 10   # fp32 output: no fp16 rounding

@@ -1,5 +1,6 @@
 """Backend selection: automatic per device, forced with QFID_KERNEL, logged once, lazy
-imports, and the public entry points agreeing with the quantized Linear modules."""
+imports, and the public entry points agreeing with the quantized Linear modules (on CPU
+always; on CUDA, through every GPU backend, where torch sees a GPU)."""
 from __future__ import annotations
 
 import logging
@@ -93,3 +94,48 @@ def test_fp8_linear_matches_fp8linear(monkeypatch, backend, quantize, static):
     layer = Fp8Linear.from_fp8(f, quantize_activations=quantize)
     y = fp8_linear(x, f.weight, f.scale, None, f.input_scale, quantize_activations=quantize)
     assert rel_err(y, layer(x).double()) < TOL[torch.float32]
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _gpu_backend_or_skip(monkeypatch, backend: str) -> None:
+    monkeypatch.setenv("QFID_KERNEL", backend)
+    if backend != "reference" and (reason := dispatch._module(backend).unavailable(torch.device("cuda"))):
+        pytest.skip(reason)
+
+
+@needs_cuda
+def test_cuda_tensors_get_a_gpu_backend():
+    assert select_backend("cuda") in ("cuda", "triton")
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])
+@pytest.mark.parametrize("m", [1, 5, 64, 300])   # decode GEMV / fused GEMM sizes, then the dense paths
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_int4linear_on_gpu_backends(monkeypatch, backend, m, dtype):
+    _gpu_backend_or_skip(monkeypatch, backend)
+    x, q, _, bias, ref = awq_case(m, 264, 512, 128, dtype, seed=m)
+    layer = Int4Linear.from_int4(q, bias.to(dtype)).cuda()
+    y = layer(x.cuda())
+    assert layer._prepared.backend == backend and y.dtype == dtype and y.is_cuda
+    # the dense paths round the weight to the activation dtype once: 2x, as for the reference
+    assert rel_err(y, ref) < TOL[dtype] * 2
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("quantize,static", [(False, False), (True, False), (True, True)])
+def test_fp8linear_on_gpu_backends_match_reference(monkeypatch, backend, quantize, static):
+    _gpu_backend_or_skip(monkeypatch, backend)
+    f = random_fp8(264, 512, per_channel=not static)
+    x = torch.randn(7, 512).half()
+    if static:
+        f.input_scale = (x.float().abs().amax() / 448).reshape(1)
+    layer = Fp8Linear.from_fp8(f, quantize_activations=quantize).cuda()
+    y = layer(x.cuda())
+    monkeypatch.setenv("QFID_KERNEL", "reference")
+    expected = layer.cpu()(x)
+    # W8A8 on the FP8 MMA keeps the rounded activations in fp32; the reference rounds them to fp16
+    assert y.dtype == torch.float16 and rel_err(y, expected.double()) < TOL[torch.float16] * 2

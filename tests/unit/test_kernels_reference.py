@@ -25,7 +25,8 @@ INT4_CASES = [(1, 80, 96, 32), (3, 200, 160, 32), (17, 72, 192, 64), (1, 136, 38
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((y.double() - ref).norm() / ref.norm())
+    """Relative Frobenius error of `y` (on any device) from the reference."""
+    return float((y.to(ref.device, torch.float64) - ref).norm() / ref.norm())
 
 
 def paged_attention_reference(q, k_cache, v_cache, block_tables, lens, scale):
