@@ -1,8 +1,10 @@
 """CPU matmul benchmark for the quantized weight paths, with memory bandwidth as the roofline.
 
 For each layer shape (out x in) and batch: time and effective GB/s (weight bytes as stored
-/ time) of qfid's INT4 and FP8 kernels and torch's int4 kernel, against fp32 and bf16
-dense matmuls, and the machine's copy bandwidth (read + write of a 256 MiB tensor).
+/ time) of qfid's INT4, FP8 and packed bf16 kernels and torch's int4 kernel, against fp32
+and bf16 dense matmuls (torch / oneDNN), and the machine's copy bandwidth (read + write of
+a 256 MiB tensor).
+
 Weights are rotated over enough copies to exceed the last-level cache twice, so every
 call streams from DRAM as a decode step does. The paths of one (layer, batch) take turns
 call by call; timings are the best and the median over those calls: on a shared machine
@@ -88,6 +90,7 @@ def make_paths(out_f: int, in_f: int, group: int) -> dict:
         paths["int4 qfid"] = (pack_int4_tiles(codes, scales, zeros, group),
                               lambda t, x: torch.ops.qfid_cpu.int4_gemm(t, x, None, group, out_f))
         paths["fp8 qfid"] = ((fp8, fp8_scale), lambda t, x: cpu.fp8_linear(x, t[0], t[1], None, None, False))
+        paths["bf16 qfid"] = (cpu.pack_bf16(w.bfloat16()), lambda t, x: cpu.bf16_linear(x, t, None, out_f))
     return paths
 
 
