@@ -4,7 +4,7 @@ from __future__ import annotations
 import typer
 
 HELP = """Run the whole story on the bundled default model (SmolLM2-135M-Instruct): quantize AWQ INT4,
-RTN INT4 and FP8; evaluate the baseline and all three on the built-in suites; compare; write
+RTN INT4 and FP8; evaluate the original (bf16) and all three on every built-in suite; compare; write
 the report; say which scheme to ship for which suite. Resumable: finished steps are reused.
 
 Examples:
