@@ -180,26 +180,32 @@ def _pick(rows: list[dict]) -> dict:
 
 
 def _control_check(comparisons) -> list[dict]:
-    """The thesis, measured: does the general control move less than the domain suites?"""
+    """The thesis, measured: does a scheme regress significantly on a domain suite, or on a
+    category or language inside one (McNemar, as the gate judges it), while the general
+    control does not? Then the control alone would have hidden the regression."""
     findings = []
     for comparison in comparisons:
-        rows = {g.name: g for g in comparison.rows("suite")}
-        control = rows.get("general")
-        domain = [g for name, g in rows.items() if name != "general"]
+        control = comparison.group("suite", "general")
+        domain = [g for g in comparison.rows("suite") if g.name != "general"]
         if control is None or not domain:
             continue
         worst = min(domain, key=lambda g: g.delta)
         most_flips = max(domain, key=lambda g: g.flip_rate)
+        regressions = [g for g in comparison.regressions() if g.name.split("/")[0] not in ("general", "general-ppl")]
+        sharpest = min(regressions, key=lambda g: g.delta, default=None)
         ppl = next((p for p in comparison.perplexity if p.suite == "general-ppl"), None)
-        hidden = (abs(control.delta) < abs(worst.delta) and (worst.significant_regression or most_flips.flip_rate > control.flip_rate))
         findings.append({
             "scheme": comparison.candidate["name"],
             "general_delta_pts": round(100 * control.delta, 2), "general_flip_rate": round(control.flip_rate, 3),
+            "general_significant": control.significant_regression,
             "perplexity_change": None if ppl is None else round(ppl.change, 4),
             "worst_domain_suite": worst.name, "worst_domain_delta_pts": round(100 * worst.delta, 2),
             "worst_domain_significant": worst.significant_regression,
             "most_flips_suite": most_flips.name, "most_flips_rate": round(most_flips.flip_rate, 3),
-            "control_hides_domain_change": hidden,
+            "domain_regressions": [{"level": g.level, "name": g.name, "delta_pts": round(100 * g.delta, 2),
+                                    "mcnemar_p": g.mcnemar_p, "n": g.n} for g in regressions],
+            "sharpest_regression": None if sharpest is None else sharpest.name,
+            "control_hides_domain_change": bool(regressions) and not control.significant_regression,
         })
     return findings
 
@@ -209,14 +215,20 @@ def _verdict_lines(verdict: dict) -> list[str]:
     for f in verdict["control"]:
         ppl = "n/a" if f["perplexity_change"] is None else f"{100 * f['perplexity_change']:+.1f}%"
         if f["control_hides_domain_change"]:
-            lines.append(f"- {f['scheme']}: the general control moved {f['general_delta_pts']:+.1f} pts (perplexity {ppl}) "
-                         f"while {f['worst_domain_suite']} moved {f['worst_domain_delta_pts']:+.1f} pts and "
-                         f"{f['most_flips_suite']} flipped {f['most_flips_rate']:.1%} of its items: the control alone would have hidden it.")
+            sharpest = next(r for r in f["domain_regressions"] if r["name"] == f["sharpest_regression"])
+            lines.append(f"- {f['scheme']}: the general control moved {f['general_delta_pts']:+.1f} pts (not significant; "
+                         f"perplexity {ppl}) while {len(f['domain_regressions'])} domain group(s) regressed significantly, "
+                         f"sharpest {sharpest['level']} {sharpest['name']} {sharpest['delta_pts']:+.1f} pts "
+                         f"(McNemar p={sharpest['mcnemar_p']:.3g}, n={sharpest['n']}); {f['most_flips_suite']} flipped "
+                         f"{f['most_flips_rate']:.1%} of its items: the control alone would have hidden it.")
+        elif f["domain_regressions"]:
+            lines.append(f"- {f['scheme']}: domain groups regressed significantly, and so did the general control "
+                         f"({f['general_delta_pts']:+.1f} pts, perplexity {ppl}): here the control would have caught it.")
         else:
             lines.append(f"- {f['scheme']}: the data does not show the control hiding a domain regression here "
                          f"(general {f['general_delta_pts']:+.1f} pts, perplexity {ppl}; worst domain suite "
-                         f"{f['worst_domain_suite']} {f['worst_domain_delta_pts']:+.1f} pts, "
-                         f"{'significant' if f['worst_domain_significant'] else 'not significant'}).")
+                         f"{f['worst_domain_suite']} {f['worst_domain_delta_pts']:+.1f} pts; no domain suite, "
+                         f"category or language regressed significantly).")
     return lines
 
 
