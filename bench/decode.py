@@ -16,8 +16,8 @@ import statistics
 import time
 from pathlib import Path
 
-# Activation dtype per scheme: bf16 for every quantized scheme (unlike `qfid bench`, whose
-# quantized runs default to fp32 activations), so rows differ only in the weight format.
+# Activation dtype per scheme: bf16 for every quantized scheme (as `qfid bench` runs them),
+# so rows differ only in the weight format.
 ACTIVATION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "awq-int4": "bfloat16", "fp8": "bfloat16"}
 
 

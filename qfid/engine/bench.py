@@ -31,7 +31,9 @@ __all__ = ["ENGINES", "REQUIRED_KEYS", "SCHEMES", "BenchSpec", "EngineResult", "
            "run_all", "run_engine", "run_isolated", "summarize"]
 
 ENGINES = ("qfid", "hf-static", "hf-cb")
-SCHEMES = {"fp32": "float32", "bf16": "bfloat16", "awq-int4": "float32", "fp8": "float32"}
+# Activation dtype per scheme: quantized weights run with 16-bit activations, as a server
+# (vLLM's AWQ and FP8 paths) runs them; `qfid bench --dtype` overrides it.
+SCHEMES = {"fp32": "float32", "bf16": "bfloat16", "awq-int4": "bfloat16", "fp8": "bfloat16"}
 REQUIRED_KEYS = ("engine", "output_tokens_per_s", "requests_per_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s",
                  "peak_rss_mb")
 
