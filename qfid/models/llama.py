@@ -215,7 +215,7 @@ class CausalLM(nn.Module):
         self.config = config
         self.dtype = hf_model.get_input_embeddings().weight.dtype
         self.embed_tokens = hf_model.get_input_embeddings()
-        cpu_ops = _cpu_ops_supported(config, self.dtype, spec)
+        cpu_ops = _cpu_ops_supported(config, self.embed_tokens.weight, spec)
         self.layers = nn.ModuleList(
             DecoderLayer(layer, config, _mlp_of(layer, config, spec, cpu_ops), cpu_ops)
             for layer in decoder_blocks(hf_model, spec)
@@ -249,13 +249,13 @@ def _mlp_of(layer: nn.Module, config, spec: ArchSpec, cpu_ops: bool) -> nn.Modul
     return DenseMLP(layer.mlp, cpu_ops)
 
 
-def _cpu_ops_supported(config, dtype: torch.dtype, spec: ArchSpec) -> bool:
+def _cpu_ops_supported(config, embedding: torch.Tensor, spec: ArchSpec) -> bool:
     """Whether this model's norms, RoPE and SwiGLU run as qfid's fused CPU ops: on a CPU
     with the kernels built (not under QFID_KERNEL=reference) and widths they handle."""
     from qfid.kernels.cpu import elementwise_supported
 
     intermediate = None if spec.moe else config.intermediate_size
-    return elementwise_supported(torch.device("cpu"), dtype, config.hidden_size, head_dim(config), intermediate)
+    return elementwise_supported(embedding.device, embedding.dtype, config.hidden_size, head_dim(config), intermediate)
 
 
 def build_runtime_model(hf_model: nn.Module) -> CausalLM:
