@@ -70,16 +70,6 @@ void rotate_head(T* x, const T* cos, const T* sin, int64_t half) {
   }
 }
 
-template <typename F>
-void for_dtype(at::ScalarType dtype, const char* op, F&& body) {
-  switch (dtype) {
-    case at::kFloat: body(float{}); break;
-    case at::kBFloat16: body(at::BFloat16{}); break;
-    case at::kHalf: body(at::Half{}); break;
-    default: TORCH_CHECK(false, op, ": dtype must be float32, bfloat16 or float16, got ", dtype);
-  }
-}
-
 void check_rows(const at::Tensor& x, const at::Tensor& weight, const char* op) {
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.size(1) % 16 == 0,
               op, ": x must be [rows, D] with unit inner stride and D a multiple of 16");

@@ -221,12 +221,7 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
       default: TORCH_CHECK(false, "paged_decode_attention: head_dim must be 16, 32, 64, 80, 96, 128 or 256");
     }
   };
-  switch (q.scalar_type()) {
-    case at::kFloat: dispatch_index(float{}); break;
-    case at::kBFloat16: dispatch_index(at::BFloat16{}); break;
-    case at::kHalf: dispatch_index(at::Half{}); break;
-    default: TORCH_CHECK(false, "paged_decode_attention: dtype must be float32, bfloat16 or float16");
-  }
+  for_dtype(q.scalar_type(), "paged_decode_attention", dispatch_index);
   return out;
 }
 

@@ -68,4 +68,16 @@ inline __m512 exp16(__m512 x) {
   return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
 }
 
+// Run `body(T{})` with T the C++ type of `dtype` (fp32, bf16 or fp16); any other dtype is
+// an error naming `op`.
+template <typename F>
+void for_dtype(at::ScalarType dtype, const char* op, F&& body) {
+  switch (dtype) {
+    case at::kFloat: body(float{}); break;
+    case at::kBFloat16: body(at::BFloat16{}); break;
+    case at::kHalf: body(at::Half{}); break;
+    default: TORCH_CHECK(false, op, ": dtype must be float32, bfloat16 or float16, got ", dtype);
+  }
+}
+
 }  // namespace qfid_cpu

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from qfid.kernels import cpu as cpu_kernels
+
 
 @dataclass
 class PrefillChunk:
@@ -92,12 +94,8 @@ def store_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: t
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                     v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """Store this step's k, v [T, kv_heads, d]; return attention output [T, heads, d]."""
-    if meta.kernel_store:
-        from qfid.kernels.cpu import store_kv as kernel_store_kv
-
-        kernel_store_kv(k_cache, v_cache, k, v, meta.slot_mapping)
-    else:
-        store_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+    store = cpu_kernels.store_kv if meta.kernel_store else store_kv
+    store(k_cache, v_cache, k, v, meta.slot_mapping)
     num_decode = meta.num_decode_tokens
     parts = []
     if num_decode:
@@ -116,9 +114,7 @@ def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor, rows: int) -> torch
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      meta: AttentionMetadata, scale: float) -> torch.Tensor:
     if meta.decode_tables is not None:
-        from qfid.kernels.cpu import paged_decode_attention
-
-        return paged_decode_attention(q, k_cache, v_cache, meta.decode_tables, meta.decode_lens, scale)
+        return cpu_kernels.paged_decode_attention(q, k_cache, v_cache, meta.decode_tables, meta.decode_lens, scale)
     outputs = [_decode_group(q[group.rows], k_cache, v_cache, group, scale) for group in meta.decode_groups]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
@@ -138,10 +134,8 @@ def _decode_group(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                       v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
     if meta.prefill_tables is not None:
-        from qfid.kernels.cpu import paged_prefill_attention
-
-        return paged_prefill_attention(q, k_cache, v_cache, meta.prefill_tables, meta.prefill_starts,
-                                       meta.prefill_lens, scale)
+        return cpu_kernels.paged_prefill_attention(q, k_cache, v_cache, meta.prefill_tables, meta.prefill_starts,
+                                                   meta.prefill_lens, scale)
     heads = q.shape[1]
     outputs = []
     for chunk in meta.prefill_chunks:
