@@ -10,7 +10,11 @@ __all__ = ["__version__", "load", "quantize", "LLM", "SamplingParams"]
 
 
 def load(path_or_name: str, **kwargs):
-    """Load any checkpoint qfid wrote (or an AutoAWQ / compressed-tensors one) as a CausalLM."""
+    """Load any checkpoint qfid wrote (or an AutoAWQ / compressed-tensors one) as a CausalLM.
+
+    Reads compressed-tensors W4A16 checkpoints as they are; transformers 5.25 with
+    compressed-tensors 0.20.1 needs `CompressedTensorsConfig(dequantize=True)` for them (its
+    default load refuses packed zero points, the library's own checkpoints included)."""
     from qfid.quant.formats import load_quantized_or_dense
 
     return load_quantized_or_dense(path_or_name, **kwargs)

@@ -12,12 +12,17 @@ HELP = """Serve a model (fp, or a qfid INT4 / FP8 checkpoint) over an OpenAI-com
 
 Routes: /v1/completions, /v1/chat/completions (SSE streaming with "stream": true),
 /v1/models, /health, /metrics (Prometheus). Binds 127.0.0.1 unless --host says otherwise.
+Scoring requests as vLLM answers them: "echo": true with "logprobs": k (and "max_tokens": 0
+to score the prompt alone), prompts as text or token ids. With --api-key (or QFID_API_KEY)
+every /v1 route needs "Authorization: Bearer KEY".
 
 Examples:
 
   qfid serve smollm2-135m
 
   qfid serve out/smollm2-awq --port 8000 --dtype bfloat16 --threads 2
+
+  QFID_API_KEY=secret qfid serve smollm2-135m --host 0.0.0.0
 
   curl localhost:8000/v1/completions -H 'content-type: application/json' \\
        -d '{"prompt": "The capital of France is", "max_tokens": 32, "stream": true}'
@@ -36,11 +41,16 @@ def serve_command(
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Context limit (default: the model's)."),
     max_pending: int = typer.Option(1024, "--max-pending", help="Requests in flight before new ones get 429."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (default: torch's choice)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QFID_API_KEY", show_envvar=True, show_default=False,
+                                          help="Require 'Authorization: Bearer KEY' on /v1 routes."),
+    max_logprobs: int = typer.Option(20, "--max-logprobs", help="Most logprobs a request may ask for (larger gets 400)."),
 ) -> None:
     try:
         from qfid.engine.server import serve
     except ImportError as exc:
-        raise QfidError(f"serving needs the 'serve' extra ({exc.name} is missing): pip install 'qfid[serve]'") from None
-    serve(model, host=host, port=port, served_name=served_name, max_pending=max_pending, dtype=dtype,
+        raise QfidError(f"serving needs {exc.name}, a qfid dependency missing from this environment: "
+                        "reinstall qfid (make install)") from None
+    serve(model, host=host, port=port, served_name=served_name, max_pending=max_pending, api_key=api_key,
+          max_logprobs=max_logprobs, dtype=dtype,
           kv_cache_gb=kv_cache_gb, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
           max_model_len=max_model_len, num_threads=threads)

@@ -31,6 +31,7 @@ from qfid.errors import QfidError
 from qfid.models.linears import WeightRef, block_weight
 from qfid.models.loading import read_config, resolve_model_dir
 from qfid.models.mappings import ARCHITECTURES
+from qfid.quant.artifact import write_awq_artifact
 from qfid.quant.checkpoint_reader import INDEX_FILE, StoredLinear, decode_checkpoint, weight_files
 from qfid.quant.hf_quant_config import awq_config, ct_fp8_config, ct_int4_config
 from qfid.quant.packing import pack_awq_gemm, pack_ct_int4
@@ -38,7 +39,6 @@ from qfid.quant.primitives import Fp8Weight, Int4Weight
 from qfid.utils.fs import atomic_output_dir
 
 QUANT_META_FILE = "qfid_quant.json"
-ARTIFACT_FILE = "qfid_awq_artifact.safetensors"
 MAX_SHARD_SIZE = "2GB"
 _SCRATCH = ".dense"
 
@@ -49,8 +49,8 @@ def save_checkpoint(out_dir: str | Path, model: nn.Module, tokenizer, quantized:
                     config: QuantConfig, meta: dict, overwrite: bool = False) -> Path:
     """Write `model` with the layers in `quantized` (checkpoint names, without `.weight`)
     replaced by their packed form in `config.format`. `meta["artifact"]` (tensors, e.g. the
-    AWQ search's scales and clips) goes to qfid_awq_artifact.safetensors; the rest of
-    `meta` to qfid_quant.json."""
+    AWQ search's scales and clips) goes to qfid/awq_artifact.safetensors, where no loader
+    reads it as weights; the rest of `meta` to qfid_quant.json."""
     _check_kinds(quantized, config)
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         scratch = tmp / _SCRATCH
@@ -178,15 +178,13 @@ def write_weights(out_dir: Path, tensors: dict[str, torch.Tensor], max_shard_siz
 
 
 def _write_meta(out_dir: Path, config: QuantConfig, meta: dict) -> None:
-    from safetensors.torch import save_file
-
     meta = dict(meta)
     artifact_tensors, artifact_rest = _split_artifact(meta.pop("artifact", None) or {})
     record = {"scheme": config.scheme, "format": config.format, "quant_config": asdict(config), **meta}
     record["versions"] = {**_versions(), **meta.get("versions", {})}
     if artifact_tensors:
-        save_file(artifact_tensors, out_dir / ARTIFACT_FILE, metadata={"format": "pt"})
-        record["awq_artifact"] = {"file": ARTIFACT_FILE, "tensors": sorted(artifact_tensors)}
+        record["awq_artifact"] = {"file": write_awq_artifact(out_dir, artifact_tensors),
+                                  "tensors": sorted(artifact_tensors)}
     if artifact_rest:
         record["artifact"] = artifact_rest
     (out_dir / QUANT_META_FILE).write_text(json.dumps(record, indent=2, default=_json_default) + "\n")

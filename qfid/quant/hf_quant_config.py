@@ -8,10 +8,14 @@ from these fields.
 """
 from __future__ import annotations
 
+from importlib import metadata
+
 from qfid.errors import QfidError
 
 CT_METHOD = "compressed-tensors"
-CT_FORMAT_VERSION = "0.20.0"  # the compressed-tensors release whose layout qfid writes
+# The release whose layout qfid writes, recorded when the library is not installed (the
+# lock's version; the layout has not changed across 0.20.x).
+CT_KNOWN_GOOD_VERSION = "0.20.1"
 CT_PACK_QUANTIZED = "pack-quantized"
 CT_FLOAT_QUANTIZED = "float-quantized"
 CT_TARGETS = ["Linear"]
@@ -66,8 +70,17 @@ def _ct_config(fmt: str, weights: dict, input_activations: dict | None, ignore: 
         "quantization_status": "compressed",
         "sparsity_config": {},
         "transform_config": {},
-        "version": CT_FORMAT_VERSION,
+        "version": ct_version(),
     }
+
+
+def ct_version() -> str:
+    """The `version` field: the installed compressed-tensors release, as the library itself
+    writes it, else the known-good release qfid's layout follows."""
+    try:
+        return metadata.version("compressed-tensors")
+    except metadata.PackageNotFoundError:
+        return CT_KNOWN_GOOD_VERSION
 
 
 # -- reading other tools' configs -----------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Write-then-rename, so a crash never leaves a half-written checkpoint or run behind."""
+"""Write-then-rename, so a crash never leaves a half-written checkpoint or run behind.
+
+What is renamed into place follows the umask like any file the user creates: mkdtemp makes
+0700 folders and safetensors writes 0600 files, which a serving process under another user
+or a shared model store could not read."""
 from __future__ import annotations
 
 import contextlib
@@ -23,9 +27,9 @@ def atomic_output_dir(target: Path | str, overwrite: bool = False):
         raise QfidError(f"output directory {target} already exists (pass --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(tmp, 0o755)
     try:
         yield tmp
+        follow_umask(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -47,6 +51,16 @@ def atomic_write_text(path: Path | str, text: str) -> None:
         f.write(text)
     os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a report is as readable as any file
     os.replace(tmp, path)
+
+
+def follow_umask(root: Path) -> None:
+    """chmod `root` and everything under it to what the umask gives a new file (0666 &
+    ~umask) or folder (0777 & ~umask), whatever mode the writer chose."""
+    mask = _umask()
+    for folder, dirs, files in os.walk(root):
+        os.chmod(folder, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o666 & ~mask)
 
 
 def _umask() -> int:
