@@ -26,6 +26,8 @@ Examples:
   qfid eval ./model --suite path/to/my_suite.yaml --name mine
 
   qfid eval my-model --backend openai --base-url http://localhost:8000/v1 --suite legal --name served
+
+  qfid eval ./l8-awq --backend openai --base-url http://gpu-box:8000/v1 --suite finance,legal --name int4 --concurrency 64
 """
 
 
@@ -37,7 +39,10 @@ def eval_command(
     base_url: Optional[str] = typer.Option(None, "--base-url", help="openai backend: the server's /v1 URL."),
     limit: Optional[int] = typer.Option(None, "--limit", help="About N items per suite: a seeded sample of whole groups (parallel languages stay together), so at least N."),
     seed: int = typer.Option(0, "--seed", help="Seed for the --limit sample."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass (hf) or per request (openai)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass (hf) or prompts per request (openai)."),
+    concurrency: int = typer.Option(32, "--concurrency", help="openai backend: requests in flight."),
+    max_retries: int = typer.Option(5, "--max-retries", help="openai backend: retries of a request on 429, 5xx, timeouts and dropped connections."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="openai backend: the model's tokenizer (folder or default model) for exact token-id prompts; default: the model argument when it is one."),
     dtype: str = typer.Option("float32", "--dtype", help="Activation dtype of a local model (engine, hf): float32 | bfloat16 | float16."),
     top_k: int = typer.Option(10, "--top-k", help="Top-k next-token log-probs stored per answer token (for KL in compare); 0 to skip."),
     chat: bool = typer.Option(False, "--chat", help="Use the suite's chat prompt under the model's chat template."),
@@ -53,16 +58,37 @@ def eval_command(
     from qfid.evals.suite import load_suites
 
     suites = load_suites(suite)  # first: a typo fails before a model is loaded
+    remote = backend == "openai"
     options = RunOptions(model=model, limit=limit, seed=seed, top_k=top_k, chat=chat, max_tokens=max_tokens,
-                         batch_items=max(1, batch_size * 2))
-    backend_options = {"batch_size": batch_size} | ({"base_url": base_url} if base_url else {"dtype": _dtype(dtype)})
+                         batch_items=_batch_items(batch_size, concurrency if remote else None))
+    backend_options = {"batch_size": batch_size}
+    if remote:
+        backend_options |= _remote_options(model, base_url, concurrency, max_retries, tokenizer)
+    else:
+        backend_options |= {"dtype": _dtype(dtype)}
     runner_backend = make_backend(backend, model, **backend_options)
     store = RunStore(Path(runs_dir), name)
     store.open(build_manifest(name, runner_backend, suites, options), overwrite=overwrite)
-    with _progress() as progress:
+    with _progress(getattr(runner_backend, "stats", None)) as progress:
         results = run_suites(runner_backend, suites, store, options, progress)
     store.finish(results, now())
     _print_results(name, store.path, results)
+
+
+def _batch_items(batch_size: int, concurrency: int | None) -> int:
+    """Items handed to the backend at once (and stored together). A remote server gets
+    enough to keep `concurrency` requests of `batch_size` prompts in flight, no more, so an
+    interrupted run loses at most one such batch."""
+    return max(1, batch_size * (concurrency or 2))
+
+
+def _remote_options(model: str, base_url: str | None, concurrency: int, max_retries: int, tokenizer: str | None) -> dict:
+    from qfid.evals.backends.openai import local_tokenizer
+
+    if max_retries < 0:
+        raise QfidError(f"--max-retries must be >= 0; got {max_retries}")
+    return {"concurrency": concurrency, "max_retries": max_retries, "tokenizer": local_tokenizer(model, tokenizer)} | (
+        {"base_url": base_url} if base_url else {})
 
 
 def _dtype(name: str) -> str:
@@ -71,7 +97,9 @@ def _dtype(name: str) -> str:
     return name
 
 
-def _progress():
+def _progress(request_stats=None):
+    """Items done, items/s and times; for a remote backend also its requests in flight and
+    retries so far (read live, between the runner's batch updates)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.text import Text
 
@@ -79,8 +107,13 @@ def _progress():
         def render(self, task) -> Text:
             return Text(f"{task.speed:.2f} items/s" if task.speed else "-- items/s", style="cyan")
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), ItemsPerSecond(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), speed_estimate_period=3600)  # batches can take minutes on CPU
+    class Requests(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{request_stats.in_flight} in flight, {request_stats.retries} retries", style="magenta")
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), ItemsPerSecond()]
+    columns += [Requests()] if request_stats is not None else []
+    return Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), speed_estimate_period=3600)  # batches can take minutes on CPU
 
 
 def _print_results(name: str, path, results: dict) -> None:

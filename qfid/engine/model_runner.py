@@ -3,7 +3,9 @@ one sampled token per finished chunk out, plus the logprobs requests asked for.
 
 The LM head is the most expensive matmul per row (vocab-wide), so it runs only on the rows
 that need logits: each sequence's last token when its chunk completes it, and prompt
-positions of requests that want prompt logprobs.
+positions of requests that want prompt logprobs. Prompt rows go through the head
+`PROMPT_LOGITS_ROWS` at a time: a scoring request over a long prompt with a 128k vocabulary
+would otherwise build one [tokens, vocab] fp32 tensor (and its log_softmax) of gigabytes.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import torch
 from qfid.engine.batch_inputs import BatchInputs, prepare_inputs
 from qfid.engine.sampling import logprob_entries, sample
 from qfid.engine.scheduler import ScheduledBatch
+
+PROMPT_LOGITS_ROWS = 256
 
 
 @dataclass
@@ -65,14 +69,15 @@ class ModelRunner:
         inputs = prepare_inputs(batch, self.block_size, self.decode_kernel, self.prefill_kernel)
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.attention, self.kv_caches)
         sampling = [i for i, seq in enumerate(inputs.seqs) if inputs.starts[i] + inputs.num_new[i] == seq.num_tokens]
-        prompt_rows = _prompt_logprob_rows(inputs)
-        rows = [inputs.last_rows[i] for i in sampling] + [row for _, _, row in prompt_rows]
-        logits = self.model.compute_logits(hidden[rows]).float()
         output = StepOutput.empty(len(batch))
         if sampling:
-            self._sample(output, inputs, sampling, logits[:len(sampling)])
-        if prompt_rows:
-            self._add_prompt_logprobs(output, inputs, prompt_rows, logits[len(sampling):])
+            logits = self.model.compute_logits(hidden[[inputs.last_rows[i] for i in sampling]]).float()
+            self._sample(output, inputs, sampling, logits)
+        prompt_rows = _prompt_logprob_rows(inputs)
+        for first in range(0, len(prompt_rows), PROMPT_LOGITS_ROWS):
+            chunk = prompt_rows[first:first + PROMPT_LOGITS_ROWS]
+            logits = self.model.compute_logits(hidden[[row for _, _, row in chunk]]).float()
+            self._add_prompt_logprobs(output, inputs, chunk, logits)
         return output
 
     @staticmethod

@@ -1,8 +1,12 @@
 """OpenAI request bodies as pydantic models, and their translation into SamplingParams.
 
 Unknown fields are ignored (clients send `user`, penalties and the like); fields we cannot
-honour (`n` > 1, `echo`, `best_of`) are refused with a 400 rather than silently dropped,
-since a silently different answer is worse than an error.
+honour (`n` > 1, `best_of`, `echo` with `stream`) are refused with a 400 rather than
+silently dropped, since a silently different answer is worse than an error.
+
+Scoring requests are vLLM's: `echo` returns the prompt's tokens with their logprobs, and
+`max_tokens: 0` (with echo) scores the prompt alone. The engine always samples at least one
+token, so such a request runs with one and the server drops it from the answer.
 """
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from qfid.engine.sampling import SamplingParams
 from qfid.errors import QfidError
 
-MAX_COMPLETION_LOGPROBS = 5
 
 
 class _Sampling(BaseModel):
@@ -35,7 +38,7 @@ class _Sampling(BaseModel):
     def include_usage(self) -> bool:
         return bool((self.stream_options or {}).get("include_usage"))
 
-    def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    def sampling_params(self, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None) -> SamplingParams:
         if self.n != 1:
             raise QfidError("only n=1 is supported")
         return SamplingParams(
@@ -48,14 +51,28 @@ class _Sampling(BaseModel):
             stop_token_ids=self.stop_token_ids or (),
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
         )
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(default=16, ge=1)
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    max_tokens: int | None = Field(default=16, ge=0)
+    logprobs: int | None = Field(default=None, ge=0)
     echo: bool = False
+    return_tokens_as_token_ids: bool = False
+
+    @property
+    def scores_prompt_only(self) -> bool:
+        """`max_tokens: 0` with echo: the prompt's logprobs and nothing generated."""
+        return self.echo and self.max_tokens == 0
+
+    def engine_max_tokens(self) -> int:
+        if self.max_tokens == 0 and not self.echo:
+            raise QfidError("max_tokens must be >= 1 (0 is allowed only with echo, to score the prompt)")
+        if self.echo and self.stream:
+            raise QfidError("echo with stream is not supported; send the scoring request without stream")
+        return max(1, 16 if self.max_tokens is None else self.max_tokens)
 
     def prompts(self) -> list[str | list[int]]:
         """A string, a list of strings, a token list or a list of token lists."""
@@ -64,8 +81,6 @@ class CompletionRequest(_Sampling):
             prompt = [prompt]
         if not prompt or any(len(p) == 0 for p in prompt):
             raise QfidError("prompt must not be empty")
-        if self.echo:
-            raise QfidError("echo is not supported")
         return list(prompt)
 
 
@@ -87,7 +102,7 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, ge=0)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

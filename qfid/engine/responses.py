@@ -37,21 +37,34 @@ def top_k(entry: dict[int, float], k: int) -> list[tuple[int, float]]:
     return sorted(entry.items(), key=lambda item: -item[1])[:k]
 
 
-def completion_logprobs(tokenizer, token_ids: list[int], entries: list[dict[int, float]], k: int,
-                        offset: int = 0) -> dict:
+def completion_logprobs(tokenizer, token_ids: list[int], entries: list[dict[int, float] | None], k: int,
+                        offset: int = 0, as_ids: bool = False) -> dict:
     """The legacy completions shape: parallel lists, top alternatives as {token text: logprob}
-    (tokens that decode to the same text share a key, as in OpenAI's format)."""
-    tokens = [token_text(tokenizer, t) for t in token_ids]
+    (tokens that decode to the same text share a key, as in OpenAI's format). As in vLLM,
+    a position's alternatives are its k most likely plus the actual token; an echoed first
+    prompt token has no context, so its logprob and alternatives are None. `as_ids` names
+    tokens "token_id:N" (vLLM's `return_tokens_as_token_ids`), exact where text is not;
+    `text_offset` counts the tokens' text either way, so it indexes the prompt's text."""
+    def name(token_id: int) -> str:
+        return f"token_id:{token_id}" if as_ids else token_text(tokenizer, token_id)
+
     offsets = []
-    for token in tokens:
+    for token_id in token_ids:
         offsets.append(offset)
-        offset += len(token)
+        offset += len(token_text(tokenizer, token_id))
     return {
-        "tokens": tokens,
-        "token_logprobs": [entry[t] for t, entry in zip(token_ids, entries)],
-        "top_logprobs": [{token_text(tokenizer, t): v for t, v in top_k(entry, k)} for entry in entries],
+        "tokens": [name(t) for t in token_ids],
+        "token_logprobs": [None if entry is None else entry[t] for t, entry in zip(token_ids, entries)],
+        "top_logprobs": [None if entry is None else _alternatives(entry, t, k, name) for t, entry in zip(token_ids, entries)],
         "text_offset": offsets,
     }
+
+
+def _alternatives(entry: dict[int, float], token_id: int, k: int, name) -> dict[str, float]:
+    chosen = top_k(entry, k)
+    if all(t != token_id for t, _ in chosen):
+        chosen.append((token_id, entry[token_id]))
+    return {name(t): v for t, v in chosen}
 
 
 def chat_logprobs(tokenizer, token_ids: list[int], entries: list[dict[int, float]], k: int) -> dict:

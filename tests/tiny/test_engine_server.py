@@ -31,11 +31,11 @@ def _free_port() -> int:
 class RunningServer:
     """uvicorn in a background thread, on a free local port."""
 
-    def __init__(self, llm: LLM, max_pending: int):
+    def __init__(self, llm: LLM, max_pending: int, **server_options):
         import uvicorn
 
         self.engine = AsyncEngine(llm.engine, max_pending=max_pending)
-        self.app = OpenAIServer(self.engine, llm.tokenizer, MODEL).app
+        self.app = OpenAIServer(self.engine, llm.tokenizer, MODEL, **server_options).app
         self.port = _free_port()
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
@@ -134,6 +134,9 @@ def test_200_concurrent_requests_all_complete_with_their_token_counts(server):
 
 @pytest.mark.parametrize("body, status, fragment", [
     ({"model": MODEL, "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": MODEL, "prompt": "x", "max_tokens": 257}, 400, "context limit"),
+    ({"model": MODEL, "prompt": "x", "logprobs": 21}, 400, "cap of 20"),
+    ({"model": MODEL, "prompt": "x", "echo": True, "stream": True}, 400, "echo with stream"),
     ({"model": MODEL}, 400, "prompt"),
     ({"model": MODEL, "prompt": "x", "temperature": -1}, 400, "temperature"),
     ({"model": MODEL, "prompt": "x", "n": 2}, 400, "n=1"),

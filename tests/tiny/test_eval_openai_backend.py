@@ -11,7 +11,8 @@ import pytest
 httpx = pytest.importorskip("httpx")
 
 from qfid.errors import QfidError  # noqa: E402
-from qfid.evals.backends.openai import OpenAIBackend, token_id  # noqa: E402
+from qfid.evals.backends.openai import OpenAIBackend  # noqa: E402
+from qfid.evals.backends.openai_scoring import token_id  # noqa: E402
 
 
 def _tokens(text: str) -> list[tuple[str, int]]:
@@ -69,6 +70,7 @@ def test_token_ids_from_vllm_and_plain_strings():
 
 
 def test_server_errors_are_one_line():
-    broken = OpenAIBackend(model="broken", base_url="http://fake/v1", transport=httpx.MockTransport(_server))
-    with pytest.raises(QfidError, match=r"http://fake/v1/completions answered 500: out of memory"):
+    broken = OpenAIBackend(model="broken", base_url="http://fake/v1", max_retries=2, retry_delay_s=0,
+                           transport=httpx.MockTransport(_server))
+    with pytest.raises(QfidError, match=r"http://fake/v1/completions failed after 2 retries; the server's last answer: 500 out of memory"):
         broken.generate(["x"], 4, [])
