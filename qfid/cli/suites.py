@@ -1,4 +1,5 @@
-"""`qfid suites`: list the eval suites, show one, export them as lm-eval tasks."""
+"""`qfid suites`: list the eval suites, show one, scaffold and check a user's suite, export
+them as lm-eval tasks."""
 from __future__ import annotations
 
 from collections import Counter
@@ -6,7 +7,7 @@ from typing import Optional
 
 import typer
 
-HELP = """List the eval suites, show one (schema, rendered prompts, scorer), or export them as lm-eval tasks.
+HELP = """List the eval suites, show one (schema, rendered prompts, scorer), start and check your own, or export them as lm-eval tasks.
 
 Examples:
 
@@ -14,7 +15,9 @@ Examples:
 
   qfid suites show finance
 
-  qfid suites show path/to/my_suite.yaml
+  qfid suites new my-contracts --scorer choice
+
+  qfid suites check my-contracts/suite.yaml
 
   qfid suites export --format lm-eval -o tasks/
 """
@@ -34,21 +37,37 @@ def suites_command(ctx: typer.Context) -> None:
     Console().print(_suites_table(load_suites(builtin_suite_names())))
 
 
-@app.command("show", help="The schema, item counts, the scorer and a few rendered prompts of one suite.\n\nExample:  qfid suites show finance")
-def show_command(
-    suite: str = typer.Argument(..., help="A built-in suite name or a path to a suite.yaml."),
-    examples: int = typer.Option(3, "--examples", "-n", help="How many rendered prompts to show."),
-    chat: bool = typer.Option(False, "--chat", help="Show the chat messages instead of the plain prompt."),
+def _show_command(checking: bool):
+    """`show` and `check` take the same arguments and print the same; see _show."""
+    def command(
+        suite: str = typer.Argument(..., help="A built-in suite name or a path to a suite.yaml."),
+        examples: int = typer.Option(3, "--examples", "-n", help="How many rendered prompts to show."),
+        chat: bool = typer.Option(False, "--chat", help="Show the chat messages instead of the plain prompt."),
+    ) -> None:
+        _show(suite, examples, chat, checking)
+    return command
+
+
+app.command("show", help="The schema, item counts, the scorer and a few rendered prompts of one suite.\n\nExample:  qfid suites show finance")(_show_command(checking=False))
+app.command("check", help="Validate a suite as `qfid eval` loads it: every row, template and answer; prints counts and rendered prompts; exit 1 on any error.\n\nExample:  qfid suites check my-contracts/suite.yaml")(_show_command(checking=True))
+
+
+@app.command("new", help="Start a suite of your own: FOLDER/suite.yaml (with comments) + FOLDER/items.jsonl (flat rows) that pass `suites check`.\n\nExample:  qfid suites new my-contracts --scorer choice")
+def new_command(
+    folder: str = typer.Argument(..., help="The folder to create; its name becomes the suite's name."),
+    scorer: str = typer.Option("choice", "--scorer", help="choice | numeric | exact | regex"),
 ) -> None:
+    from pathlib import Path
+
     from rich.console import Console
 
-    from qfid.evals.suite import load_suite
+    from qfid.evals.suite_scaffold import scaffold_suite
 
-    loaded = load_suite(suite)
+    written = scaffold_suite(Path(folder), scorer)
     console = Console()
-    console.print(_overview_table(loaded))
-    for item in _examples(loaded, examples):
-        console.print(_example_panel(loaded, item, chat))
+    for path in written:
+        console.print(f"wrote {path}")
+    console.print(f"next: edit them, then  qfid suites check {written[0]}", soft_wrap=True)
 
 
 @app.command("export", help="Write suites as lm-eval task YAML + JSONL (run them with lm_eval --include_path DIR).\n\nExample:  qfid suites export --format lm-eval -o tasks/ --suite finance-mc,legal")
@@ -74,6 +93,33 @@ def export_command(
     console.print(f"run: lm_eval --model hf --model_args pretrained=MODEL --include_path {output} --tasks {TAG}", soft_wrap=True)
 
 
+def _show(spec: str, examples: int, chat: bool, checking: bool) -> None:
+    """`show` and `check` print the same; `check` also prints the warnings and a verdict,
+    and fails with exit 1 (a checker's "no") instead of the data-error code."""
+    from rich.console import Console
+
+    from qfid.errors import QfidError
+    from qfid.evals.suite import load_suite
+
+    try:
+        suite = load_suite(spec)
+    except QfidError as exc:
+        raise QfidError(str(exc), exit_code=1 if checking else exc.exit_code) from None
+    console = Console()
+    _print_suite(console, suite, examples, chat)
+    if not checking:
+        return
+    for warning in suite.warnings:
+        console.print(f"warning: {warning}", style="yellow", soft_wrap=True, markup=False)
+    console.print(f"ok: suite {suite.name} ({len(suite.items)} items) is ready for qfid eval", style="green", soft_wrap=True, markup=False)
+
+
+def _print_suite(console, suite, examples: int, chat: bool) -> None:
+    console.print(_overview_table(suite))
+    for item in _examples(suite, examples):
+        console.print(_example_panel(suite, item, chat))
+
+
 def _suites_table(suites):
     from rich.table import Table
 
@@ -87,6 +133,7 @@ def _suites_table(suites):
 
 def _overview_table(suite):
     from rich.table import Table
+    from rich.text import Text
 
     spec = suite.scorer
     options = {"numeric": f"rel_tol={spec.rel_tol} abs_tol={spec.abs_tol}", "regex": f"pattern={spec.pattern!r}",
@@ -104,8 +151,8 @@ def _overview_table(suite):
     table = Table(title=f"suite {suite.name}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    for row in rows:
-        table.add_row(*row)
+    for label, value in rows:
+        table.add_row(label, Text(value))  # Text: a Jinja `[loop.index0]` is not rich markup
     return table
 
 
@@ -114,13 +161,15 @@ def _counts(values) -> str:
 
 
 def _examples(suite, count: int):
-    """One item from each of the first categories, so the examples show the suite's range."""
+    """One item from each of the first categories, so the examples show the suite's range;
+    then the next items, when there are fewer categories than examples asked for."""
     seen, picked = set(), []
     for item in suite.items:
         if item.category not in seen and len(picked) < count:
             seen.add(item.category)
             picked.append(item)
-    return picked
+    rest = [item for item in suite.items if item not in picked]
+    return picked + rest[:count - len(picked)]
 
 
 def _example_panel(suite, item, chat: bool):

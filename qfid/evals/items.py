@@ -1,4 +1,4 @@
-"""One eval item and the JSONL reader that validates it line by line.
+"""One eval item, validated on construction (rows become items in `item_rows`).
 
 Items are the unit that `compare` pairs across runs, so the schema is strict: a stable
 `id`, a `category` and `lang` to break results down by, the prompt `fields`, the gold
@@ -6,13 +6,10 @@ Items are the unit that `compare` pairs across runs, so the schema is strict: a 
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from qfid.errors import QfidError
-from qfid.evals.validation import SchemaError, reject_unknown_keys, require_type
+from qfid.evals.validation import SchemaError, require_type
 
 ITEM_KEYS = ("id", "category", "lang", "fields", "answer", "choices", "label", "difficulty")
 _LANG = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
@@ -78,21 +75,6 @@ class Item:
         return None if self.choices is None else self.choices[self.label]
 
 
-def item_from_dict(data: dict) -> Item:
-    if not isinstance(data, dict):
-        raise SchemaError("item", f"must be a JSON object; got {type(data).__name__}")
-    reject_unknown_keys(data, ITEM_KEYS)
-    for key in ("id", "category", "lang", "fields"):
-        if key not in data:
-            raise SchemaError(key, "is required")
-    choices = data.get("choices")
-    return Item(
-        id=data["id"], category=data["category"], lang=data["lang"], fields=data["fields"],
-        answer=data.get("answer"), choices=tuple(choices) if isinstance(choices, list) else choices,
-        label=data.get("label"), difficulty=data.get("difficulty"),
-    )
-
-
 def item_to_dict(item: Item) -> dict:
     """The JSONL form, optional keys left out when empty so committed files stay small."""
     data = {"id": item.id, "category": item.category, "lang": item.lang, "fields": item.fields, "answer": item.answer}
@@ -103,33 +85,3 @@ def item_to_dict(item: Item) -> dict:
         data["difficulty"] = item.difficulty
     return data
 
-
-def read_items(path: Path) -> list[Item]:
-    """Every item of a JSONL file; the first bad line fails with `file:line: field: why`."""
-    if not path.is_file():
-        raise QfidError(f"items file not found: {path}")
-    items: list[Item] = []
-    first_line_of: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            item = _parse_line(path, line_no, line)
-            if item.id in first_line_of:
-                raise QfidError(f"{path}:{line_no}: id: duplicate id {item.id!r} (first on line {first_line_of[item.id]})")
-            first_line_of[item.id] = line_no
-            items.append(item)
-    if not items:
-        raise QfidError(f"{path}: no items")
-    return items
-
-
-def _parse_line(path: Path, line_no: int, line: str) -> Item:
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise QfidError(f"{path}:{line_no}: not valid JSON: {exc.msg} at column {exc.colno}") from None
-    try:
-        return item_from_dict(data)
-    except SchemaError as exc:
-        raise QfidError(f"{path}:{line_no}: {exc}") from None

@@ -7,9 +7,13 @@ scores the same strings under lm-eval as under qfid.
 from __future__ import annotations
 
 import string
+from typing import TYPE_CHECKING
 
 from qfid.evals.items import Item
-from qfid.evals.suite import Suite
+from qfid.evals.templates import render
+
+if TYPE_CHECKING:  # suite.py checks every item through this module at load time
+    from qfid.evals.suite import Suite
 
 TARGET_DELIMITER = " "
 FEWSHOT_SEPARATOR = "\n\n"
@@ -17,26 +21,29 @@ LETTERS = string.ascii_uppercase
 
 
 def item_fields(item: Item) -> dict:
-    """The item's fields plus the computed ones templates may use (`choices_block`)."""
+    """The item's fields plus the computed ones templates may use: `choices_block` (lettered
+    lines) and, for Jinja loops, `choices` itself."""
     fields = dict(item.fields)
     if item.choices:
         fields["choices_block"] = "\n".join(f"{LETTERS[i]}. {choice}" for i, choice in enumerate(item.choices))
+        fields["choices"] = list(item.choices)
     return fields
 
 
 def render_plain(suite: Suite, item: Item) -> str:
-    shots = [suite.prompt.plain.format_map(shot.fields) + TARGET_DELIMITER + shot.target for shot in suite.fewshot]
-    return FEWSHOT_SEPARATOR.join([*shots, suite.prompt.plain.format_map(item_fields(item))])
+    template = suite.prompt.plain
+    shots = [render(template, shot.fields, "prompt.plain") + TARGET_DELIMITER + shot.target for shot in suite.fewshot]
+    return FEWSHOT_SEPARATOR.join([*shots, render(template, item_fields(item), "prompt.plain")])
 
 
 def render_chat(suite: Suite, item: Item) -> list[dict]:
     """System turn, few-shot as user/assistant pairs, then the item as the last user turn."""
-    template = suite.prompt.chat_template
+    template, where = suite.prompt.chat_template, "prompt.chat" if suite.prompt.chat else "prompt.plain"
     messages = [{"role": "system", "content": suite.prompt.system}] if suite.prompt.system else []
     for shot in suite.fewshot:
-        messages.append({"role": "user", "content": template.format_map(shot.fields)})
+        messages.append({"role": "user", "content": render(template, shot.fields, where)})
         messages.append({"role": "assistant", "content": shot.target})
-    messages.append({"role": "user", "content": template.format_map(item_fields(item))})
+    messages.append({"role": "user", "content": render(template, item_fields(item), where)})
     return messages
 
 

@@ -7,27 +7,41 @@
     fewshot: [{fields: {question: ...}, target: "42"}]
     scorer: {type: numeric, rel_tol: 0.005}   # numeric | exact | regex | choice | perplexity
     generation: {max_tokens: 64, stop: ["\n\n"]}
-    items: items.jsonl                 # relative to this file; or `text: file.txt` (perplexity)
+    items: items.jsonl                 # relative to this file (.jsonl/.csv/.parquet, datasets:...); or `text: file.txt` (perplexity)
+    columns: {answer: gold}            # optional: reserved item key -> the data's column
+
+Users bring data as they keep it: `items:` is a .jsonl, .csv or .parquet file or
+`datasets:NAME[:CONFIG]:SPLIT`, in flat rows (non-reserved columns are prompt fields) or the
+nested `fields` form; `columns: {answer: gold}` maps reserved names to the data's columns;
+prompts are `{field}` or Jinja templates, and lm-eval's `doc_to_text` / `doc_to_target` /
+`doc_to_choice` are accepted (see item_rows.py, doc_to.py, templates.py).
 
 Suites are resolved by name (a folder under the bundled `evalsuites/`) or by path (a user's
-YAML). Only the suites asked for are read; nothing is indexed at import.
+YAML). Only the suites asked for are read; nothing is indexed at import. Loading checks every
+item against the prompt and the scorer, so a broken suite fails before a model is loaded.
 """
 from __future__ import annotations
 
-import string
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from qfid.errors import QfidError
-from qfid.evals.items import Item, read_items
+from qfid.evals.doc_to import DocTo
+from qfid.evals.item_rows import RowSpec, items_from_rows
+from qfid.evals.item_sources import read_rows
+from qfid.evals.items import Item
+from qfid.evals.suite_check import check_suite_consistency
+from qfid.evals.templates import check_template
 from qfid.evals.validation import (
     SchemaError, did_you_mean, line_of, reject_unknown_keys, require_type, yaml_key_lines,
 )
 from qfid.paths import bundled_dir
 
-SUITE_KEYS = ("name", "version", "description", "prompt", "fewshot", "scorer", "generation", "items", "text", "lang")
+SUITE_KEYS = ("name", "version", "description", "prompt", "fewshot", "scorer", "generation", "items", "text", "lang",
+              "columns", "doc_to_text", "doc_to_target", "doc_to_choice")
 SCORER_OPTIONS = {
     "numeric": ("rel_tol", "abs_tol", "markers"),
     "exact": ("markers",),
@@ -35,7 +49,7 @@ SCORER_OPTIONS = {
     "choice": ("target", "method"),
     "perplexity": (),
 }
-COMPUTED_FIELDS = ("choices_block",)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +113,7 @@ class PromptSpec:
             if getattr(self, name) is not None:
                 require_type(f"prompt.{name}", getattr(self, name), str, "a template string")
         for name in ("plain", "chat"):
-            template_fields(getattr(self, name) or "", f"prompt.{name}")
+            check_template(getattr(self, name) or "", f"prompt.{name}")
 
     @property
     def chat_template(self) -> str:
@@ -140,6 +154,7 @@ class Suite:
     source: Path
     items: tuple[Item, ...] = ()
     fewshot: tuple[FewShot, ...] = field(default_factory=tuple)
+    warnings: tuple[str, ...] = ()
 
     @property
     def categories(self) -> list[str]:
@@ -148,22 +163,6 @@ class Suite:
     @property
     def languages(self) -> list[str]:
         return sorted({item.lang for item in self.items})
-
-
-def template_fields(template: str, where: str) -> set[str]:
-    """The `{name}` placeholders of a template; positional or indexed ones are errors."""
-    names: set[str] = set()
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise SchemaError(where, f"bad template ({exc}); write literal braces as {{{{ and }}}}") from None
-    for _, name, _, _ in parsed:
-        if name is None:
-            continue
-        if not name.isidentifier():
-            raise SchemaError(where, f"placeholder {{{name}}} must be a plain field name")
-        names.add(name)
-    return names
 
 
 def builtin_suite_names() -> list[str]:
@@ -194,7 +193,11 @@ def load_suites(specs: str | list[str]) -> list[Suite]:
     names = [n for n in dict.fromkeys(names) if n]
     if not names:
         raise QfidError("no suite given (e.g. --suite finance,legal)")
-    return [load_suite(name) for name in names]
+    suites = [load_suite(name) for name in names]
+    for suite in suites:  # `qfid eval` shows them; `qfid suites check` prints suite.warnings itself
+        for warning in suite.warnings:
+            log.warning("warning: suite %s: %s", suite.name, warning)
+    return suites
 
 
 def load_suite(spec: str | Path) -> Suite:
@@ -207,10 +210,11 @@ def load_suite(spec: str | Path) -> Suite:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise QfidError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     try:
-        return _suite_from_dict(data, path)
+        suite = _suite_from_dict(data, path)
     except SchemaError as exc:
         line = line_of(exc.field, yaml_key_lines(text))
         raise QfidError(f"{path}{f':{line}' if line else ''}: {exc}") from None
+    return suite
 
 
 def _suite_from_dict(data, path: Path) -> Suite:
@@ -222,12 +226,12 @@ def _suite_from_dict(data, path: Path) -> Suite:
             raise SchemaError(key, "is required")
     require_type("name", data["name"], str, "a string")
     scorer = _scorer(data["scorer"])
-    prompt = _prompt(data.get("prompt"), scorer)
-    items = tuple(_items(data, path, scorer))
+    prompt = _prompt(_prompt_or_doc_to_text(data), scorer)
+    items, warnings = _items(data, path, scorer)
     suite = Suite(
         name=data["name"], version=str(data.get("version", "1")), description=str(data.get("description", "")).strip(),
         prompt=prompt, scorer=scorer, generation=_generation(data.get("generation") or {}), source=path,
-        items=items, fewshot=_fewshot(data.get("fewshot") or []),
+        items=tuple(items), fewshot=_fewshot(data.get("fewshot") or []), warnings=tuple(warnings),
     )
     check_suite_consistency(suite)
     return suite
@@ -240,12 +244,22 @@ def _scorer(raw) -> ScorerSpec:
     if "type" not in raw:
         raise SchemaError("scorer.type", "is required")
     require_type("scorer.type", raw["type"], str, "a scorer name")
-    ScorerSpec(type=raw["type"])  # a bad type first: its options cannot be judged without it
+    if raw["type"] not in SCORER_OPTIONS:  # a bad type first: its options cannot be judged without it
+        raise SchemaError("scorer.type", f"unknown scorer {raw['type']!r}; one of {', '.join(SCORER_OPTIONS)}{did_you_mean(raw['type'], SCORER_OPTIONS)}")
     reject_unknown_keys(raw, ("type", *SCORER_OPTIONS[raw["type"]]), "scorer.")
     options = dict(raw)
     if "markers" in options:
         options["markers"] = tuple(options["markers"] or ())
     return ScorerSpec(**options)
+
+
+def _prompt_or_doc_to_text(data: dict):
+    """lm-eval's `doc_to_text` is the plain prompt; it cannot be given twice."""
+    if "doc_to_text" not in data:
+        return data.get("prompt")
+    if "prompt" in data:
+        raise SchemaError("doc_to_text", "is the plain prompt; give it or prompt:, not both")
+    return {"plain": data["doc_to_text"]}
 
 
 def _prompt(raw, scorer: ScorerSpec) -> PromptSpec:
@@ -283,7 +297,7 @@ def _generation(raw) -> GenerationSpec:
     return GenerationSpec(max_tokens=raw.get("max_tokens", 64), stop=tuple(stop))
 
 
-def _items(data: dict, path: Path, scorer: ScorerSpec) -> list[Item]:
+def _items(data: dict, path: Path, scorer: ScorerSpec) -> tuple[list[Item], list[str]]:
     if ("items" in data) == ("text" in data):
         raise SchemaError("items", "give exactly one of items: (a JSONL file) or text: (a text file, perplexity only)")
     if "text" in data:
@@ -291,49 +305,21 @@ def _items(data: dict, path: Path, scorer: ScorerSpec) -> list[Item]:
             raise SchemaError("text", "a plain text file is only for the perplexity scorer; use items: for the others")
         from qfid.evals.text_items import paragraph_items
 
-        return paragraph_items(_relative_file(data, "text", path), str(data["name"]), data.get("lang", "en"))
+        return paragraph_items(_relative_file(data, "text", path), str(data["name"]), data.get("lang", "en")), []
     if "lang" in data:
         raise SchemaError("lang", "only with text: (items carry their own lang)")
-    return read_items(_relative_file(data, "items", path))
+    require_type("items", data["items"], str, "a file path relative to the suite YAML, or datasets:NAME[:CONFIG]:SPLIT")
+    return items_from_rows(read_rows(data["items"], path.parent), _row_spec(data, scorer))
+
+
+def _row_spec(data: dict, scorer: ScorerSpec) -> RowSpec:
+    columns = data.get("columns") or {}
+    require_type("columns", columns, dict, "a mapping {item key: column in the data}")
+    doc_to = DocTo(target=data.get("doc_to_target"), choice=data.get("doc_to_choice"), choice_scorer=scorer.type == "choice")
+    return RowSpec(columns=dict(columns), doc_to=doc_to)
 
 
 def _relative_file(data: dict, key: str, path: Path) -> Path:
     require_type(key, data[key], str, "a file path relative to the suite YAML")
     return (path.parent / data[key]).resolve()
 
-
-def check_suite_consistency(suite: Suite) -> None:
-    """Every item and few-shot fits the template and the scorer; fails on the first that
-    does not, naming the item (the template is the one contract between them)."""
-    needed = template_fields(suite.prompt.plain, "prompt.plain") | template_fields(suite.prompt.chat or "", "prompt.chat")
-    for index, shot in enumerate(suite.fewshot):
-        missing = needed - set(shot.fields)
-        if missing:  # few-shot fields are literal: a computed field must be written out
-            raise SchemaError(f"fewshot.{index}.fields", f"misses {', '.join(sorted(missing))} used by the prompt")
-    for item in suite.items:
-        _check_item(suite, item, needed)
-
-
-def _check_item(suite: Suite, item: Item, needed: set[str]) -> None:
-    where = f"items: item {item.id}"
-    available = set(item.fields) | (set(COMPUTED_FIELDS) if item.choices else set())
-    missing = needed - available
-    if missing:
-        raise SchemaError(where, f"misses field(s) {', '.join(sorted(missing))} used by the prompt")
-    kind = suite.scorer.type
-    if kind == "choice" and item.choices is None:
-        raise SchemaError(where, "the choice scorer needs choices and label on every item")
-    if kind == "numeric" and not _is_numeric(item.answer):
-        raise SchemaError(where, f"the numeric scorer needs a numeric answer; got {item.answer!r}")
-    if kind in ("exact", "regex") and item.answer is None:
-        raise SchemaError(where, f"the {kind} scorer needs an answer")
-
-
-def _is_numeric(value) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, (int, float)):
-        return True
-    from qfid.evals.numbers import parse_number
-
-    return isinstance(value, str) and parse_number(value) is not None
