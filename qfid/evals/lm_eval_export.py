@@ -6,7 +6,9 @@ multiple choice as `output_type: multiple_choice` (lm-eval's `acc` and `acc_norm
 argmax of summed and of per-character log-probs, qfid's `correct` and `correct_norm`),
 perplexity as `loglikelihood_rolling`, and generative suites as `generate_until` judged by
 qfid's own scorer through `process_results` (tolerances and multi-script number reading
-included), which needs qfid importable where lm-eval runs.
+included), which needs qfid importable where lm-eval runs. A user's suite exports the same
+way whatever its source (CSV, Parquet, a datasets folder) or prompt form (`{field}`, Jinja):
+the rows written are qfid's own rendering of its Items.
 """
 from __future__ import annotations
 

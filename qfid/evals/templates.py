@@ -45,7 +45,7 @@ def format_fields(template: str, where: str) -> set[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise SchemaError(where, f"bad template ({exc}); write literal braces as {{{{ and }}}}") from None
+        raise SchemaError(where, f"bad template ({exc}); for a literal brace write the template in Jinja: {{{{ '{{' }}}}") from None
     for _, name, _, _ in parsed:
         if name is None:
             continue

@@ -411,3 +411,14 @@ def test_loader_errors_are_qfid_errors_for_library_callers(tmp_path):
     path = _bad_suite(tmp_path / "s", *BAD["duplicate id"][:3])
     with pytest.raises(QfidError, match="duplicate id"):
         load_suite(path)
+
+
+def test_templates_literal_braces_and_the_sandbox():
+    from qfid.evals.templates import RenderError, check_template, render
+
+    assert render("{{ '{' }}{{ x }}{{ '}' }}", {"x": 1}) == "{1}"
+    assert render("{x} and {y}", {"x": 1, "y": "b"}) == "1 and b"
+    with pytest.raises(QfidError, match=r"prompt\.plain: bad template .*write the template in Jinja"):
+        check_template("JSON: {", "prompt.plain")
+    with pytest.raises(RenderError, match="unsafe"):
+        render("{{ x.__class__.__mro__ }}", {"x": "s"})
