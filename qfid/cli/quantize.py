@@ -18,6 +18,12 @@ Examples:
   qfid quantize ./llama-dir --scheme rtn-int4 --format compressed-tensors -o out/y
 
   qfid quantize ./llama-dir --scheme fp8 --weights tensor --activations static -o out/z
+
+  qfid quantize ./Llama-3.1-70B --scheme awq-int4 --device cuda -o out/l70
+
+Decoder blocks stream from the checkpoint's shards one at a time, so RAM (or GPU memory)
+holds about one block plus the calibration activations, whatever the model's depth. An
+interrupted run resumes at the next unfinished block when run again with the same arguments.
 """
 
 
@@ -25,6 +31,8 @@ def quantize_command(
     model: str = MODEL_ARG,
     output: str = OUTPUT_OPT,
     scheme: str = typer.Option("awq-int4", "--scheme", "-s", help="awq-int4 | rtn-int4 | fp8"),
+    device: str = typer.Option("auto", "--device", help="Where blocks are searched: auto (the GPU when there is one) | cpu | cuda | cuda:N."),
+    offload_activations: Optional[bool] = typer.Option(None, "--offload-activations/--no-offload-activations", help="Keep calibration activations in CPU memory between blocks (default: chosen from free GPU memory)."),
     group_size: Optional[int] = typer.Option(None, "--group-size", "-g", help="INT4 group size (default: 128 where it divides every width, else the largest power of two that does)."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="autoawq | compressed-tensors (default: autoawq for INT4, compressed-tensors for FP8)."),
     weights: str = typer.Option("channel", "--weights", help="FP8 weight scales: channel | tensor."),
@@ -46,5 +54,6 @@ def quantize_command(
         calib=calib, calib_samples=calib_samples, calib_seq_len=calib_seq_len, awq_clip=not no_clip, seed=seed,
     )
     with progress_callback() as progress:
-        result = quantize_model(model, config, output, overwrite=overwrite, progress=progress)
+        result = quantize_model(model, config, output, overwrite=overwrite, progress=progress, device=device,
+                                offload_activations=offload_activations)
     print_summary(result)

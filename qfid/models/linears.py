@@ -115,6 +115,41 @@ def block_module(block: nn.Module, name: str) -> nn.Module:
     raise QfidError(f"architecture mapping names module {name!r} but the model has none")
 
 
+@dataclass
+class ParamRef:
+    """A parameter or buffer that is not a quantized weight (a norm, a router), by
+    checkpoint-relative name; the same get/set as WeightRef."""
+
+    module: nn.Module
+    attr: str
+
+    def get(self) -> torch.Tensor:
+        return getattr(self.module, self.attr).data
+
+    def set(self, value: torch.Tensor) -> None:
+        target = self.get()
+        if tuple(target.shape) != tuple(value.shape):
+            raise QfidError(f"checkpoint tensor .{self.attr} has shape {tuple(value.shape)}; the model expects "
+                            f"{tuple(target.shape)}")
+        target.copy_(value.to(target.dtype))
+
+
+def block_tensor(block: nn.Module, name: str) -> WeightRef | ParamRef:
+    """What a block-relative *checkpoint* tensor name (`self_attn.q_proj.weight`,
+    `block_sparse_moe.experts.3.w1.weight`, `input_layernorm.weight`) refers to in the
+    in-memory block: how a streamed block is filled and read back."""
+    path, _, leaf = name.rpartition(".")
+    if leaf == "weight":
+        try:
+            return block_weight(block, path)
+        except QfidError:
+            pass
+    module = block_module(block, path) if path else block
+    if not hasattr(module, leaf):
+        raise QfidError(f"checkpoint tensor {name!r} has no counterpart in the model's block")
+    return ParamRef(module, leaf)
+
+
 def decoder_blocks(model: nn.Module, spec: ArchSpec) -> nn.ModuleList:
     try:
         return model.get_submodule(spec.blocks)

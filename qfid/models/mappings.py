@@ -41,6 +41,11 @@ class ArchSpec:
     moe: bool = False
     keep_full_precision: tuple[str, ...] = field(default=("lm_head",))
     clip_skip: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj")
+    # Outside the blocks, by module path: what a streamed pass materializes on its own.
+    embed: str = "model.embed_tokens"
+    rotary: str = "model.rotary_emb"
+    final_norm: str = "model.norm"
+    lm_head: str = "lm_head"
 
 
 _ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")

@@ -25,17 +25,16 @@ from qfid.errors import QfidError
 from qfid.models.linears import decoder_blocks
 from qfid.models.mappings import ArchSpec
 from qfid.quant.awq_block import (
-    block_linears,
     fold_block_scales,
     gather_activations,
     quantize_block_linears,
-    resolve_block_mappings,
     scaled_inputs,
     search_block_clips,
     scoring_dtype,
     search_block_scales,
 )
 from qfid.quant.block_capture import BlockBatch, capture_block_inputs
+from qfid.quant.block_layout import BlockLayout, describe_block
 from qfid.quant.primitives import Int4Weight
 
 # Tokens each scale candidate is scored on: token-wise modules get every k-th token of all
@@ -44,6 +43,9 @@ from qfid.quant.primitives import Int4Weight
 # a quarter of that keeps AWQ under the 130 s target. x_mean and the clip search still use
 # every token.
 DEFAULT_SEARCH_TOKENS = 2048
+# An expert routed fewer calibration tokens than this has no statistics worth searching on:
+# it keeps s = 1 for its own (w3 -> w2) mapping and no clips, i.e. plain RTN, with a warning.
+MIN_EXPERT_TOKENS = 16
 
 Progress = Callable[[str, int, int], None]
 
@@ -53,6 +55,7 @@ class AwqResult:
     quantized: dict[str, Int4Weight]                  # full checkpoint name (no ".weight")
     artifact: dict[str, torch.Tensor]                 # "<smooth>.awq_scale", "<linear>.awq_clip"
     timings: dict[str, float] = field(default_factory=dict)
+    fallbacks: dict[str, str] = field(default_factory=dict)   # full name -> why it got plain RTN
 
 
 def scale_key(smooth: str) -> str:
@@ -84,35 +87,48 @@ def awq_quantize(model: nn.Module, spec: ArchSpec, calib_ids: torch.LongTensor, 
     with _timed(timings, "capture"):
         batches = capture_block_inputs(model, blocks[0], calib_ids, batch_size)
     for i, block in enumerate(blocks):
-        batches = _awq_block(block, f"{spec.blocks}.{i}", spec, batches, group_size, grid, clip,
-                             search_tokens, score_dtype, result)
+        batches = awq_block(block, f"{spec.blocks}.{i}", describe_block(block, spec), spec, batches, group_size,
+                            grid, clip, search_tokens, score_dtype, result)
         if progress is not None:
             progress("awq blocks", i + 1, len(blocks))
     timings["total"] = sum(timings.values())
     return result
 
 
-def _awq_block(block: nn.Module, prefix: str, spec: ArchSpec, batches: list[BlockBatch], group_size: int,
-               grid: int, clip: bool, search_tokens: int, score_dtype: torch.dtype,
-               result: AwqResult) -> list[BlockBatch]:
-    refs = block_linears(block, spec)
-    mappings = resolve_block_mappings(block, spec)
-    timings = result.timings
+def awq_block(block: nn.Module, prefix: str, layout: BlockLayout, spec: ArchSpec, batches: list[BlockBatch],
+              group_size: int, grid: int, clip: bool, search_tokens: int, score_dtype: torch.dtype,
+              result: AwqResult) -> list[BlockBatch]:
+    """AWQ on one block (folds its scales into `block`); adds to `result` and returns the
+    block's fp outputs, the next block's inputs."""
+    refs, mappings, timings = layout.linears, layout.mappings, result.timings
     with _timed(timings, "forward"):
         acts, next_batches = gather_activations(block, refs, mappings, batches, search_tokens)
+    starved = _starved_experts(refs, acts.inputs)
     with _timed(timings, "scale_search"):
-        scales = search_block_scales(block, refs, mappings, acts, group_size, grid, score_dtype)
+        scales = search_block_scales(block, refs, mappings, acts, group_size, grid, score_dtype, MIN_EXPERT_TOKENS)
     fold_block_scales(block, mappings, scales)
     clips = {}
     if clip:
         with _timed(timings, "clip_search"):
-            clips = search_block_clips(refs, scaled_inputs(acts, mappings, scales), spec, group_size)
+            clips = search_block_clips(refs, scaled_inputs(acts, mappings, scales), spec, group_size, MIN_EXPERT_TOKENS)
     with _timed(timings, "quantize"):
         quantized = quantize_block_linears(refs, clips, group_size)
+    result.fallbacks.update({f"{prefix}.{name}": why for name, why in starved.items()})
     result.quantized.update({f"{prefix}.{name}": q for name, q in quantized.items()})
     result.artifact.update({scale_key(f"{prefix}.{name}"): s.clone() for name, s in scales.items()})
     result.artifact.update({clip_key(f"{prefix}.{name}"): c.clone() for name, c in clips.items()})
     return next_batches
+
+
+def _starved_experts(refs: dict, inputs: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Expert Linears that saw fewer than MIN_EXPERT_TOKENS calibration tokens, with why."""
+    return {name: f"expert routed {inputs[name].shape[0]} calibration tokens (< {MIN_EXPERT_TOKENS}): plain RTN"
+            for name, ref in refs.items()
+            if _is_expert(name, ref) and inputs[name].shape[0] < MIN_EXPERT_TOKENS}
+
+
+def _is_expert(name: str, ref) -> bool:
+    return ref.expert is not None or ".experts." in name
 
 
 def apply_awq_artifact(model: nn.Module, spec: ArchSpec, artifact: dict[str, torch.Tensor],
@@ -123,10 +139,10 @@ def apply_awq_artifact(model: nn.Module, spec: ArchSpec, artifact: dict[str, tor
     quantized: dict[str, Int4Weight] = {}
     for i, block in enumerate(decoder_blocks(model, spec)):
         prefix = f"{spec.blocks}.{i}"
-        mappings = resolve_block_mappings(block, spec)
-        scales = {m.smooth: _take(remaining, scale_key(f"{prefix}.{m.smooth}")) for m in mappings}
-        fold_block_scales(block, mappings, scales)
-        refs = block_linears(block, spec)
+        layout = describe_block(block, spec)
+        scales = {m.smooth: _take(remaining, scale_key(f"{prefix}.{m.smooth}")) for m in layout.mappings}
+        fold_block_scales(block, layout.mappings, scales)
+        refs = layout.linears
         clips = {name: remaining.pop(clip_key(f"{prefix}.{name}")) for name in refs
                  if clip_key(f"{prefix}.{name}") in remaining}
         quantized.update({f"{prefix}.{name}": q for name, q in quantize_block_linears(refs, clips, group_size).items()})

@@ -23,21 +23,12 @@ from torch import nn
 from torch.func import functional_call
 
 from qfid.errors import QfidError
-from qfid.models.linears import WeightRef, block_module, block_weight, expand_experts, num_experts
-from qfid.models.mappings import ArchSpec, AwqMapping
+from qfid.models.linears import WeightRef, block_module, block_weight
+from qfid.models.mappings import ArchSpec
 from qfid.quant.awq_search import activation_means, search_clip, search_scale, weight_means
 from qfid.quant.block_capture import BlockBatch, run_block, sequence_kwargs
+from qfid.quant.block_layout import BlockMapping
 from qfid.quant.primitives import Int4Weight, int4_quantize
-
-
-@dataclass(frozen=True)
-class BlockMapping:
-    """An AwqMapping resolved inside one block: `{e}` expanded, names block-relative."""
-
-    smooth: str
-    balance: tuple[str, ...]
-    inspect: str
-    extra_balance: tuple[str, ...] = ()
 
 
 @dataclass
@@ -47,34 +38,6 @@ class BlockActivations:
     inputs: dict[str, torch.Tensor]   # [tokens, width] per quantized Linear and inspected module
     search_batch: BlockBatch          # the sequences a sequence-level module (attention) is scored on
     search_tokens: int                # token budget when scoring token-wise modules
-
-
-def block_linears(block: nn.Module, spec: ArchSpec) -> dict[str, WeightRef]:
-    return {name: block_weight(block, name) for name in expand_experts(spec.linears, block)}
-
-
-def resolve_block_mappings(block: nn.Module, spec: ArchSpec) -> list[BlockMapping]:
-    """The block's mappings, minus those whose shapes rule them out (v -> o under GQA)."""
-    resolved = []
-    for mapping in spec.awq:
-        for bm in _expand(mapping, block):
-            if mapping.requires_same_shape and not _same_shapes(block, bm):
-                continue
-            resolved.append(bm)
-    return resolved
-
-
-def _expand(mapping: AwqMapping, block: nn.Module) -> list[BlockMapping]:
-    if "{e}" in mapping.smooth:
-        return [BlockMapping(mapping.smooth.format(e=e), tuple(b.format(e=e) for b in mapping.balance),
-                             mapping.inspect.format(e=e)) for e in range(num_experts(block))]
-    return [BlockMapping(mapping.smooth, tuple(expand_experts(mapping.balance, block)), mapping.inspect,
-                         mapping.extra_balance)]
-
-
-def _same_shapes(block: nn.Module, m: BlockMapping) -> bool:
-    shape = block_weight(block, m.smooth).shape
-    return all(block_weight(block, b).shape == shape for b in m.balance)
 
 
 def gather_activations(block: nn.Module, refs: dict[str, WeightRef], mappings: list[BlockMapping],
@@ -138,15 +101,17 @@ def scoring_dtype() -> torch.dtype:
 
 def search_block_scales(block: nn.Module, refs: dict[str, WeightRef], mappings: list[BlockMapping],
                         acts: BlockActivations, group_size: int, grid: int,
-                        score_dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+                        score_dtype: torch.dtype = torch.float32, min_tokens: int = 1) -> dict[str, torch.Tensor]:
     """Best scale per mapping, keyed by smooth layer. Reads the block, never writes it: with a
-    `score_dtype` other than the block's, candidates are scored on a cast copy of it."""
+    `score_dtype` other than the block's, candidates are scored on a cast copy of it. A
+    mapping whose inspected input has fewer than `min_tokens` rows (a starved expert) keeps
+    s = 1."""
     scales = {}
     scorer = _ScoringBlock(block, refs, score_dtype)
     for m in mappings:
         x = acts.inputs[m.inspect]
         weights = [refs[b].get() for b in m.balance]
-        if x.shape[0] == 0:
+        if x.shape[0] < min_tokens:
             scales[m.smooth] = torch.ones(weights[0].shape[1])
             continue
         loss = scorer.loss(m, acts)
@@ -295,13 +260,14 @@ def scaled_inputs(acts: BlockActivations, mappings: list[BlockMapping],
 
 
 def search_block_clips(refs: dict[str, WeightRef], inputs: dict[str, torch.Tensor], spec: ArchSpec,
-                       group_size: int) -> dict[str, torch.Tensor]:
+                       group_size: int, min_tokens: int = 1) -> dict[str, torch.Tensor]:
     """Clip values per quantized Linear, except q/k (`spec.clip_skip`: clipping them hurts
-    attention scores) and experts that received no tokens."""
+    attention scores) and Linears that received fewer than `min_tokens` tokens (starved
+    experts)."""
     clips = {}
     with torch.inference_mode():
         for name, ref in refs.items():
-            if name in spec.clip_skip or inputs[name].shape[0] == 0:
+            if name in spec.clip_skip or inputs[name].shape[0] < min_tokens:
                 continue
             clips[name] = search_clip(ref.get(), inputs[name], group_size)
     return clips

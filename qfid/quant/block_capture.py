@@ -5,7 +5,8 @@ model at once: it captures what the first decoder block receives, then feeds eac
 predecessor's output. That keeps memory to one block's activations and lets a block's
 Linear inputs be recorded with hooks while it runs.
 
-Sequences are processed in batches; each batch keeps the keyword arguments the model built
+Sequences are processed in batches (each may live in CPU memory while the block runs on a
+GPU: offloaded activations); each batch keeps the keyword arguments the model built
 for exactly those sequences (rotary embeddings, causal mask, position ids), so no tensor
 ever has to be sliced by guessing which dimension is the batch.
 """
@@ -30,9 +31,11 @@ class _StopForward(Exception):
 
 
 def capture_block_inputs(model: nn.Module, first_block: nn.Module, ids: torch.LongTensor,
-                         batch_size: int) -> list[BlockBatch]:
+                         batch_size: int, embed=None) -> list[BlockBatch]:
     """The first decoder block's inputs for `ids`, one BlockBatch per `batch_size` sequences
-    (the usual hook-on-layer-0-and-raise trick: only embeddings and rotary run)."""
+    (the usual hook-on-layer-0-and-raise trick: only embeddings and rotary run). With
+    `embed` (ids -> hidden states), the model gets `inputs_embeds`: a model whose weights are
+    on the meta device (a streamed one) then runs only its rotary and mask code."""
     batches: list[BlockBatch] = []
 
     def grab(module, args, kwargs):
@@ -44,8 +47,9 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, ids: torch.Lo
     try:
         with torch.inference_mode():
             for chunk in ids.split(batch_size):
+                inputs = {"input_ids": chunk} if embed is None else {"inputs_embeds": embed(chunk)}
                 try:
-                    model(input_ids=chunk, use_cache=False)
+                    model(**inputs, use_cache=False)
                 except _StopForward:
                     pass
     finally:
@@ -62,19 +66,27 @@ def run_block(block: nn.Module, batches: list[BlockBatch],
     normed hidden state) share one recorded tensor instead of holding copies.
     """
     seen: dict[str, list[torch.Tensor]] = {name: [] for name in record}
+    device = _device_of(block)
     handles = [module.register_forward_pre_hook(_recorder(seen[name]), with_kwargs=True)
                for name, module in record.items()]
     outputs = []
     try:
         with torch.inference_mode():
             for batch in batches:
-                out = block(batch.hidden, **batch.kwargs)
+                out = block(batch.hidden.to(device), **batch.kwargs)
                 out = out[0] if isinstance(out, tuple) else out
-                outputs.append(BlockBatch(out, batch.kwargs))
+                outputs.append(BlockBatch(out.to(batch.hidden.device), batch.kwargs))
     finally:
         for handle in handles:
             handle.remove()
     return outputs, _concat_shared(seen)
+
+
+def _device_of(block: nn.Module) -> torch.device:
+    """Where the block computes: batches kept elsewhere (offloaded activations) move there
+    one at a time, and its outputs go back where their inputs were."""
+    first = next(block.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _recorder(store: list[torch.Tensor]):

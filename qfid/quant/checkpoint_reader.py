@@ -8,7 +8,6 @@ checked against the shapes.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from qfid.errors import QfidError
+from qfid.models.checkpoint_source import CheckpointSource
 from qfid.quant.hf_quant_config import awq_group_size, ct_fp8_activations, ct_int4_group_sizes
 from qfid.quant.linear import Fp8Linear, Int4Linear
 from qfid.quant.packing import unpack_awq_gemm, unpack_ct_int4
@@ -23,7 +23,6 @@ from qfid.quant.primitives import FP8_DTYPE, Fp8Weight, Int4Weight
 
 _MARKERS = {"qweight", "weight_packed", "weight_scale"}
 _LEAVES = _MARKERS | {"qzeros", "scales", "weight_zero_point", "weight_shape", "input_scale", "weight"}
-INDEX_FILE = "model.safetensors.index.json"
 
 
 @dataclass
@@ -45,34 +44,16 @@ class StoredLinear:
         return self.weight.dequantize(dtype)
 
 
-def weight_files(model_dir: Path) -> list[Path]:
-    """The model's safetensors files: those its index names, else every *.safetensors
-    except qfid's own side files."""
-    index = model_dir / INDEX_FILE
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [model_dir / name for name in sorted(set(weight_map.values()))]
-    return sorted(p for p in model_dir.glob("*.safetensors") if not p.name.startswith("qfid_"))
-
-
 def read_quantized_tensors(model_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """{module name: {leaf: tensor}} for every module carrying quantization tensors. Two
-    passes, because a module's tensors may sit in different shards."""
-    from safetensors import safe_open
-
-    keys_by_file: dict[Path, list[str]] = {}
-    for path in weight_files(model_dir):
-        with safe_open(path, "pt") as f:
-            keys_by_file[path] = list(f.keys())
-    all_keys = [key for keys in keys_by_file.values() for key in keys]
-    marked = {key.rpartition(".")[0] for key in all_keys if key.rpartition(".")[2] in _MARKERS}
+    """{module name: {leaf: tensor}} for every module carrying quantization tensors (a
+    module's tensors may sit in different shards; the source reads each from its own)."""
+    source = CheckpointSource(model_dir)
+    marked = {key.rpartition(".")[0] for key in source.names if key.rpartition(".")[2] in _MARKERS}
+    wanted = [key for key in source.names if key.rpartition(".")[0] in marked and key.rpartition(".")[2] in _LEAVES]
     modules: dict[str, dict[str, torch.Tensor]] = {}
-    for path, keys in keys_by_file.items():
-        with safe_open(path, "pt") as f:
-            for key in keys:
-                prefix, _, leaf = key.rpartition(".")
-                if prefix in marked and leaf in _LEAVES:
-                    modules.setdefault(prefix, {})[leaf] = f.get_tensor(key)
+    for key, tensor in source.read(wanted).items():
+        prefix, _, leaf = key.rpartition(".")
+        modules.setdefault(prefix, {})[leaf] = tensor
     return modules
 
 

@@ -1,11 +1,13 @@
-"""Write quantized checkpoints that vLLM and transformers load, and load them (or any AutoAWQ
-/ compressed-tensors checkpoint of the same layouts) back into a transformers CausalLM.
+"""Write quantized checkpoints of an in-memory model, and load quantized checkpoints (qfid's,
+or any AutoAWQ / compressed-tensors one of the same layouts) back into a transformers
+CausalLM.
 
-Saving lets transformers write the dense part first (`save_pretrained` into a scratch
-folder): it owns the in-memory -> checkpoint name mapping (transformers 5 fuses MoE experts
-in memory but writes `block_sparse_moe.experts.E.w1` on disk) and drops tied weights. The
-quantized layers' dense `.weight` tensors are then replaced by their packed tensors. All of
-it happens in a temp dir renamed into place, so a failure leaves nothing behind.
+`qfid quantize` streams blocks and writes with quant/writer.py directly; `save_checkpoint`
+is the in-memory entry to the same writer: transformers writes the dense model first
+(`save_pretrained` into a scratch folder: it owns the in-memory -> checkpoint name mapping,
+transformers 5 fusing MoE experts in memory but writing `block_sparse_moe.experts.E.w1`, and
+drops tied weights), then the writer streams it into the final layout. All of it happens in
+a temp dir renamed into place, so a failure leaves nothing behind.
 
 Loading builds the model with transformers from the same folder with the
 `quantization_config` removed (so transformers does not reach for its own AWQ integration),
@@ -28,18 +30,19 @@ from torch import nn
 
 from qfid.config import QuantConfig
 from qfid.errors import QfidError
+from qfid.models.checkpoint_source import CheckpointSource
 from qfid.models.linears import WeightRef, block_weight
 from qfid.models.loading import read_config, resolve_model_dir
 from qfid.models.mappings import ARCHITECTURES
 from qfid.quant.artifact import write_awq_artifact
-from qfid.quant.checkpoint_reader import INDEX_FILE, StoredLinear, decode_checkpoint, weight_files
-from qfid.quant.hf_quant_config import awq_config, ct_fp8_config, ct_int4_config
-from qfid.quant.packing import pack_awq_gemm, pack_ct_int4
+from qfid.quant.checkpoint_reader import StoredLinear, decode_checkpoint
+from qfid.quant.codecs import CODECS, quantization_config
 from qfid.quant.primitives import Fp8Weight, Int4Weight
+from qfid.quant.schemes import SCHEMES
+from qfid.quant.writer import MAX_SHARD_BYTES, CheckpointWriter, plan_of, write_side_files
 from qfid.utils.fs import atomic_output_dir
 
 QUANT_META_FILE = "qfid_quant.json"
-MAX_SHARD_SIZE = "2GB"
 _SCRATCH = ".dense"
 
 
@@ -47,137 +50,60 @@ _SCRATCH = ".dense"
 
 def save_checkpoint(out_dir: str | Path, model: nn.Module, tokenizer, quantized: dict[str, Int4Weight | Fp8Weight],
                     config: QuantConfig, meta: dict, overwrite: bool = False) -> Path:
-    """Write `model` with the layers in `quantized` (checkpoint names, without `.weight`)
-    replaced by their packed form in `config.format`. `meta["artifact"]` (tensors, e.g. the
-    AWQ search's scales and clips) goes to qfid/awq_artifact.safetensors, where no loader
-    reads it as weights; the rest of `meta` to qfid_quant.json."""
+    """Write an in-memory `model` with the layers in `quantized` (checkpoint names, without
+    `.weight`) replaced by their packed form in `config.format`: transformers writes the
+    dense model first (it owns the in-memory -> checkpoint name mapping), then the same
+    writer the streamed pipeline uses rewrites it. `meta["artifact"]` (tensors, e.g. the AWQ
+    search's scales and clips) goes to qfid/awq_artifact.safetensors, where no loader reads
+    it as weights; the rest of `meta` to qfid_quant.json."""
     _check_kinds(quantized, config)
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         scratch = tmp / _SCRATCH
         model.save_pretrained(scratch, safe_serialization=True)
-        tensors = _kept_dense_tensors(scratch, quantized)
-        not_converted = _unquantized_linears(model, tensors, quantized, config.ignore)
-        for name, weight in quantized.items():
-            tensors.update(_packed_tensors(name, weight, config.format))
-        _write_hf_config(scratch, tmp, _quantization_config(quantized, config, not_converted))
-        _move_side_files(scratch, tmp)
+        source = CheckpointSource(scratch)
+        writer = CheckpointWriter(tmp, source.specs, {n: plan_of(w, config.format) for n, w in quantized.items()},
+                                  max_shard_bytes=MAX_SHARD_BYTES)
+        for name in source.names:
+            linear = name[: -len(".weight")]
+            if linear in quantized:
+                writer.write_quantized(linear, quantized[linear])
+            else:
+                writer.write_dense(name, source.read([name])[name])
+        writer.close()
+        not_converted = unquantized_linears(model, source.names, quantized.keys(), config.ignore)
+        write_side_files(tmp, scratch, tokenizer, quantization_config(list(writer.plans.values()), not_converted))
         shutil.rmtree(scratch)
-        write_weights(tmp, tensors, MAX_SHARD_SIZE)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        _write_meta(tmp, config, meta)
+        write_meta(tmp, config, meta)
     return Path(out_dir)
 
 
 def _check_kinds(quantized: dict, config: QuantConfig) -> None:
     if not quantized:
         raise QfidError("nothing to save: no layer was quantized")
-    expected = Int4Weight if config.is_int4 else Fp8Weight
+    expected = CODECS[SCHEMES[config.scheme].codec].weight_type
     wrong = sorted(name for name, w in quantized.items() if not isinstance(w, expected))
     if wrong:
         raise QfidError(f"scheme {config.scheme} saves {expected.__name__} layers, but {wrong[0]} is "
                         f"{type(quantized[wrong[0]]).__name__}")
 
 
-def _kept_dense_tensors(scratch: Path, quantized: dict) -> dict[str, torch.Tensor]:
-    """Every tensor transformers wrote except the quantized layers' dense weights, after
-    checking each quantized layer names a dense weight of the same shape."""
-    from safetensors import safe_open
-
-    replaced = {f"{name}.weight": name for name in quantized}
-    kept: dict[str, torch.Tensor] = {}
-    for path in weight_files(scratch):
-        with safe_open(path, "pt") as f:
-            for key in f.keys():
-                if key not in replaced:
-                    kept[key] = f.get_tensor(key)
-                    continue
-                name = replaced.pop(key)
-                shape = tuple(f.get_slice(key).get_shape())
-                if shape != tuple(quantized[name].shape):
-                    raise QfidError(f"quantized {name} has shape {tuple(quantized[name].shape)} but the model's "
-                                    f"weight is {shape}")
-    if replaced:
-        raise QfidError(f"quantized layer {next(iter(replaced.values()))} has no dense weight in the model's "
-                        f"checkpoint ({len(replaced)} such); names must be checkpoint names")
-    return kept
-
-
-def _packed_tensors(name: str, weight: Int4Weight | Fp8Weight, fmt: str) -> dict[str, torch.Tensor]:
-    if isinstance(weight, Fp8Weight):
-        packed = {"weight": weight.weight, "weight_scale": weight.scale.float()}
-        if weight.input_scale is not None:
-            packed["input_scale"] = weight.input_scale.float().reshape(1)
-    elif fmt == "autoawq":
-        packed = dict(zip(("qweight", "qzeros", "scales"), pack_awq_gemm(weight)))
-    else:
-        packed = pack_ct_int4(weight)
-    return {f"{name}.{leaf}": t.detach().cpu().contiguous() for leaf, t in packed.items()}
-
-
 def _matches(name: str, patterns: list[str]) -> bool:
     return any(name == p or name.endswith("." + p) for p in patterns)
 
 
-def _unquantized_linears(model: nn.Module, dense: dict, quantized: dict, ignore: list[str]) -> list[str]:
+def unquantized_linears(model: nn.Module, stored_names: list[str], quantized, ignore: list[str]) -> list[str]:
     """Linear layers left in full precision, by checkpoint name: what vLLM must not expect
-    packed tensors for. In-memory nn.Linear names cover dense models; routers that
-    transformers 5 no longer holds as nn.Linear come from the arch's keep-full-precision
-    patterns matched against the checkpoint names."""
+    packed tensors for. In-memory nn.Linear names cover dense models (the model may live on
+    the meta device); routers that transformers 5 no longer holds as nn.Linear come from the
+    arch's keep-full-precision patterns matched against the checkpoint names."""
     spec = ARCHITECTURES.get((getattr(model.config, "architectures", None) or [""])[0])
     patterns = list(ignore) + list(spec.keep_full_precision if spec else ())
     linears = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    stored = {key[: -len(".weight")] for key in dense if key.endswith(".weight")}
-    return sorted((linears | {n for n in stored if _matches(n, patterns)}) - quantized.keys())
+    stored = {key[: -len(".weight")] for key in stored_names if key.endswith(".weight")}
+    return sorted((linears | {n for n in stored if _matches(n, patterns)}) - set(quantized))
 
 
-def _quantization_config(quantized: dict, config: QuantConfig, not_converted: list[str]) -> dict:
-    weights = list(quantized.values())
-    if config.is_int4:
-        group_size = _one({w.group_size for w in weights}, "group sizes")
-        if config.format == "autoawq":
-            return awq_config(group_size, not_converted)
-        return ct_int4_config(group_size, not_converted)
-    per_channel = _one({w.per_channel for w in weights}, "FP8 weight granularities")
-    static = _one({w.input_scale is not None for w in weights}, "FP8 activation modes (static and dynamic)")
-    return ct_fp8_config(per_channel, static, not_converted)
-
-
-def _one(values: set, what: str):
-    if len(values) != 1:
-        raise QfidError(f"one checkpoint holds one scheme; the quantized layers mix {what}: {sorted(values)}")
-    return values.pop()
-
-
-def _write_hf_config(scratch: Path, out_dir: Path, quantization_config: dict) -> None:
-    hf_config = read_config(scratch)
-    hf_config["quantization_config"] = quantization_config
-    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
-
-
-def _move_side_files(scratch: Path, out_dir: Path) -> None:
-    """generation_config.json and whatever else transformers wrote besides weights and config."""
-    weights = {p.name for p in weight_files(scratch)} | {INDEX_FILE, "config.json"}
-    for path in scratch.iterdir():
-        if path.name not in weights:
-            shutil.move(str(path), out_dir / path.name)
-
-
-def write_weights(out_dir: Path, tensors: dict[str, torch.Tensor], max_shard_size: str = MAX_SHARD_SIZE) -> None:
-    """model.safetensors, or shards of at most `max_shard_size` plus the index transformers
-    and vLLM read."""
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
-
-    split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_size)
-    for filename, names in split.filename_to_tensors.items():
-        save_file({n: tensors[n] for n in names}, out_dir / filename, metadata={"format": "pt"})
-    if split.is_sharded:
-        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
-        (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-
-def _write_meta(out_dir: Path, config: QuantConfig, meta: dict) -> None:
+def write_meta(out_dir: Path, config: QuantConfig, meta: dict) -> None:
     meta = dict(meta)
     artifact_tensors, artifact_rest = _split_artifact(meta.pop("artifact", None) or {})
     record = {"scheme": config.scheme, "format": config.format, "quant_config": asdict(config), **meta}

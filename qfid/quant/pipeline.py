@@ -1,13 +1,22 @@
-"""`qfid quantize` as a short pipeline: resolve -> load -> pick group size -> calibrate ->
-quantize (RTN | AWQ | FP8) -> save (temp dir, rename) -> reload what was written and
-measure perplexity drift on a few calibration samples.
+"""`qfid quantize`, streamed: the model is never whole in memory.
 
-Each stage is its own function so the CLI, the demo and the benchmark share it.
+    resolve -> plan (which Linears, group size, every output tensor) -> calibrate ->
+    embeddings -> for each decoder block: read it from the shards (stored dtype, upcast
+    to fp32 on the compute device), run the fp drift stream through it, quantize it with
+    the scheme's handler, write its tensors, run the quantized drift stream, free it ->
+    final norm + LM head on both drift streams (perplexity before/after) -> configs,
+    tokenizer, qfid_quant.json -> rename into place.
+
+Peak memory is one block plus the calibration activations, whatever the depth. Everything
+is written into `.NAME.partial` beside the output, which an interrupted run resumes from
+(quant/partial.py). The scheme is a handler from the registry (quant/schemes.py); how its
+weights are stored is its codec's business (quant/codecs.py).
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +26,18 @@ import torch
 from qfid import __version__
 from qfid.config import QuantConfig
 from qfid.errors import QfidError
-from qfid.models.linears import WeightRef, model_linears
-from qfid.models.loading import check_quantizable, load_dense_model, resolve_model_dir
-from qfid.models.mappings import ArchSpec
+from qfid.models.checkpoint_source import CheckpointSource
+from qfid.models.linears import block_tensor, expand_experts
+from qfid.models.loading import check_quantizable, resolve_model_dir
+from qfid.models.streaming import ModelShell
+from qfid.quant.block_capture import BlockBatch, capture_block_inputs, run_block
+from qfid.quant.block_layout import describe_block
+from qfid.quant.codecs import CODECS, LinearPlan, quantization_config
+from qfid.quant.drift import next_token_nll, perplexity_of
+from qfid.quant.partial import PartialCheckpoint
 from qfid.quant.primitives import default_group_size
+from qfid.quant.schemes import SCHEMES, BlockJob, BlockOutcome
+from qfid.quant.writer import MAX_SHARD_BYTES, CheckpointWriter, write_side_files
 from qfid.utils.fs import atomic_write_text
 
 DRIFT_SAMPLES = 4
@@ -42,6 +59,9 @@ class QuantResult:
     ppl_before: float
     ppl_after: float
     calib_description: str
+    device: str = "cpu"
+    activations_on: str = "cpu"
+    fallbacks: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -53,20 +73,31 @@ class QuantResult:
         return sum(self.timings.values())
 
 
-def choose_group_size(refs: dict[str, WeightRef], requested: int | None) -> tuple[int, bool]:
+def choose_group_size(shapes: dict[str, tuple[int, int]], requested: int | None) -> tuple[int, bool]:
     """The requested group size if it divides every quantized input width, else a clear
     error; with none requested, the model's default (128 or the largest power of two)."""
-    widths = {ref.shape[1] for ref in refs.values()}
+    widths = {shape[1] for shape in shapes.values()}
     if requested is None:
         return default_group_size(widths), True
-    for name, ref in refs.items():
-        if ref.shape[1] % requested:
+    for name, shape in shapes.items():
+        if shape[1] % requested:
             fallback = default_group_size(widths, preferred=requested)
-            raise QfidError(
-                f"group size {requested} does not divide input width {ref.shape[1]} of {name}; "
-                f"use --group-size {fallback}"
-            )
+            raise QfidError(f"group size {requested} does not divide input width {shape[1]} of {name}; "
+                            f"use --group-size {fallback}")
     return requested, False
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` is the GPU when there is one; `cuda` without one is a one-line error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise QfidError(f"--device must be auto, cpu, cuda or cuda:N; got {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise QfidError(f"--device {device}: no CUDA GPU is available here")
+    return resolved
 
 
 class _Stopwatch:
@@ -87,46 +118,294 @@ class _Stopwatch:
 
 
 def quantize_model(model: str, config: QuantConfig, output_dir: str | Path, overwrite: bool = False,
-                   progress=None) -> QuantResult:
-    from qfid.quant.calib import load_calibration
-    from qfid.quant.formats import save_checkpoint
-    from qfid.quant.metrics import perplexity
-
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise QfidError(f"output directory {output_dir} already exists (pass --overwrite to replace it)")
-    watch = _Stopwatch()
-    with watch("load"):
-        model_dir = resolve_model_dir(model)
-        _, spec = check_quantizable(model_dir)
-        hf_model, tokenizer = load_dense_model(model_dir)
-        refs = model_linears(hf_model, spec)
-    group_size, auto = choose_group_size(refs, config.group_size) if config.is_int4 else (None, False)
-    with watch("calibrate"):
-        calib_ids, calib_desc = load_calibration(
-            config.calib, tokenizer, config.calib_samples, config.calib_seq_len, config.seed)
-        drift_ids = calib_ids[:DRIFT_SAMPLES]
-        ppl_before = perplexity(hf_model, drift_ids)
-    with watch("quantize"):
-        quantized, artifact = _run_scheme(hf_model, spec, config, group_size, calib_ids, progress)
-    meta = _metadata(str(model), config, group_size, auto, calib_desc, watch.timings, artifact)
-    with watch("save"):
-        save_checkpoint(output_dir, hf_model, tokenizer, quantized, config, meta, overwrite=overwrite)
-    with watch("verify"):
-        ppl_after = _reloaded_perplexity(output_dir, drift_ids)
-    result = QuantResult(
-        source=str(model), output_dir=output_dir, config=config, group_size=group_size, group_size_auto=auto,
-        layers_quantized=len(quantized), linear_bytes_fp16=sum(2 * ref.get().numel() for ref in refs.values()),
-        linear_bytes_quantized=quantized_tensor_bytes(output_dir, quantized), checkpoint_bytes=dir_bytes(output_dir),
-        ppl_before=ppl_before, ppl_after=ppl_after, calib_description=calib_desc, timings=watch.timings,
-    )
-    record_summary(result)
-    return result
+                   progress=None, device: str = "auto", offload_activations: bool | None = None,
+                   warn=None) -> QuantResult:
+    run = _Run(model, config, Path(output_dir), overwrite, progress, device, offload_activations,
+               warn or (lambda message: print(f"warning: {message}", file=sys.stderr)))
+    return run.execute()
 
 
-def record_summary(result: QuantResult) -> None:
+@dataclass
+class _Streams:
+    """Activations flowing from block to block: the fp calibration stream a scheme needs
+    (None for RTN / dynamic FP8), and the fp and quantized drift streams."""
+
+    calib: list[BlockBatch] | None
+    drift_fp: list[BlockBatch]
+    drift_q: list[BlockBatch]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"drift_fp.{k}": b.hidden for k, b in enumerate(self.drift_fp)}
+        out.update({f"drift_q.{k}": b.hidden for k, b in enumerate(self.drift_q)})
+        out.update({f"calib.{k}": b.hidden for k, b in enumerate(self.calib or [])})
+        return out
+
+    def restore(self, saved: dict[str, torch.Tensor], device: torch.device) -> None:
+        for label in ("calib", "drift_fp", "drift_q"):
+            for k, batch in enumerate(getattr(self, label) or []):
+                batch.hidden = saved[f"{label}.{k}"].to(batch.hidden.device)
+
+
+class _Run:
+    """One `qfid quantize` invocation, stage by stage (each method one stage)."""
+
+    def __init__(self, model: str, config: QuantConfig, output_dir: Path, overwrite: bool, progress, device: str,
+                 offload: bool | None, warn):
+        self.model_arg, self.config, self.output_dir, self.overwrite = model, config, output_dir, overwrite
+        self.progress, self.warn = progress, warn
+        self.handler = SCHEMES[config.scheme]
+        self.device = resolve_device(device)
+        self.offload = offload
+        self.watch = _Stopwatch()
+        self.block_seconds: list[float] = []
+        self.fallbacks: dict[str, str] = {}
+
+    def execute(self) -> QuantResult:
+        with self.watch("load"):
+            self._open_source()
+            self._plan()
+        with self.watch("calibrate"):
+            self._calibrate()
+        self.partial = PartialCheckpoint(self.output_dir, self._fingerprint(), self.overwrite)
+        try:
+            self._write_all()
+        except BaseException:
+            if self.partial.state["blocks_done"] == 0:
+                self.partial.abandon()   # nothing worth resuming
+            raise
+        return self._result()
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def _open_source(self) -> None:
+        from transformers import AutoTokenizer
+
+        self.model_dir = resolve_model_dir(self.model_arg)
+        _, self.spec = check_quantizable(self.model_dir)
+        if self.spec.moe and self.config.scheme == "fp8" and self.config.fp8_activations == "static":
+            raise QfidError("static FP8 activation scales are not supported for MoE models; use --activations dynamic")
+        self.source = CheckpointSource(self.model_dir)
+        self.shell = ModelShell(self.model_dir, self.spec, self.source, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+
+    def _plan(self) -> None:
+        """Every quantized Linear (full checkpoint name -> shape) and how it is stored;
+        a mapping that names a missing tensor fails here, before any work."""
+        shapes = {}
+        for i, block in enumerate(self.shell.blocks):
+            for rel in expand_experts(self.spec.linears, block):
+                name = f"{self.spec.blocks}.{i}.{rel}"
+                spec = self.source.specs.get(f"{name}.weight")
+                if spec is None:
+                    raise QfidError(f"architecture mapping names {name} but the checkpoint has no {name}.weight")
+                shapes[name] = spec.shape
+        self.shapes = shapes
+        is_int4 = self.handler.codec == "int4"
+        self.group_size, self.group_auto = choose_group_size(shapes, self.config.group_size) if is_int4 else (None, False)
+        plan = self.handler.plan(self.config, self.group_size)
+        self.plans: dict[str, LinearPlan] = {name: plan for name in shapes}
+
+    def _calibrate(self) -> None:
+        from qfid.quant.calib import load_calibration
+
+        self.calib_ids, self.calib_desc = load_calibration(
+            self.config.calib, self.tokenizer, self.config.calib_samples, self.config.calib_seq_len, self.config.seed)
+
+    def _fingerprint(self) -> dict:
+        files = {p.name: p.stat().st_size for p in self.source.files()}
+        return {"qfid": __version__, "source": str(self.model_dir.resolve()), "files": files,
+                "config": dataclasses.asdict(self.config)}
+
+    def _write_all(self) -> None:
+        tmp = self.partial.path
+        self.writer = CheckpointWriter(tmp, self.source.specs, self.plans, MAX_SHARD_BYTES, resume=self.partial.resuming)
+        streams = self._capture()
+        self._write_outside()
+        self.score_dtype = _score_dtype(self.config, self.device)
+        for i in range(len(self.shell.blocks)):
+            if i < self.partial.state["blocks_done"]:
+                continue
+            if i == self.partial.state["blocks_done"] and i > 0:
+                streams.restore(self.partial.load_tensors("streams"), self.device)
+            t0 = time.perf_counter()
+            with self.watch("blocks"):
+                self._block(i, streams)
+            self.block_seconds.append(time.perf_counter() - t0)
+            self._report(i + 1)
+        with self.watch("drift"):
+            self.ppl = self._drift(streams)
+        with self.watch("save"):
+            self._finish()
+
+    def _capture(self) -> _Streams:
+        """What the first block receives: the calibration windows a scheme needs (in the
+        AWQ search's batch size) and the drift windows."""
+        from qfid.quant.awq import DEFAULT_SEARCH_TOKENS
+
+        first = self.shell.blocks[0]
+        calib = None
+        if self.handler.needs_calibration(self.config):
+            batch = max(1, min(len(self.calib_ids), DEFAULT_SEARCH_TOKENS // self.calib_ids.shape[1]))
+            calib = capture_block_inputs(self.shell.model, first, self.calib_ids, batch, embed=self.shell.embed)
+            calib = self._place(calib)
+        drift_ids = self.calib_ids[:DRIFT_SAMPLES]
+        drift = capture_block_inputs(self.shell.model, first, drift_ids, DRIFT_SAMPLES, embed=self.shell.embed)
+        self.activations_on = "cpu" if calib and calib[0].hidden.device.type == "cpu" else str(self.device)
+        return _Streams(calib, drift, [BlockBatch(b.hidden.clone(), b.kwargs) for b in drift])
+
+    def _place(self, batches: list[BlockBatch]) -> list[BlockBatch]:
+        """Keep the calibration stream on the device, or in CPU memory when it would not fit
+        beside a block's work (`--offload-activations`; chosen from free memory if unset)."""
+        if self.device.type == "cpu":
+            return batches
+        offload = self.offload
+        if offload is None:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            stream = sum(b.hidden.numel() for b in batches) * 4
+            offload = 6 * stream > free   # in + out, and the recorded Linear inputs are a few times more
+        return [BlockBatch(b.hidden.to("cpu"), b.kwargs) for b in batches] if offload else batches
+
+    def _write_outside(self) -> None:
+        """Embeddings, final norm and LM head: copied as stored, read once."""
+        if self.partial.state["outside_written"]:
+            return
+        for name in self.shell.outside_names():
+            self.writer.write_dense(name, self.source.read([name])[name])
+        self.partial.state["outside_written"] = True
+        self.partial.save()
+
+    def _block(self, i: int, streams: _Streams) -> None:
+        block = self.shell.load_block(i)
+        prefix = f"{self.spec.blocks}.{i}"
+        streams.drift_fp, _ = run_block(block, streams.drift_fp, {})
+        job = BlockJob(block, prefix, describe_block(block, self.spec), self.spec, self.config, self.group_size,
+                       streams.calib, self.score_dtype)
+        outcome = self.handler.quantize_block(job)
+        for name, why in outcome.fallbacks.items():
+            self.warn(f"{name}: {why}")
+        self._write_block(block, prefix, outcome)
+        _install_quantized(block, outcome)
+        streams.drift_q, _ = run_block(block, streams.drift_q, {})
+        streams.calib = outcome.calib_out if streams.calib is not None else None
+        self.shell.release_block(i)
+        if outcome.artifact:
+            self.partial.save_tensors(f"artifact-{i:05d}", outcome.artifact)
+        self.partial.save_tensors("streams", streams.tensors())
+        self.partial.block_done(i, outcome.fallbacks)
+
+    def _write_block(self, block, prefix: str, outcome: BlockOutcome) -> None:
+        for name in self.shell.block_names(int(prefix.rsplit(".", 1)[1])):
+            rel = name[len(prefix) + 1:]
+            linear = rel[: -len(".weight")]
+            if linear in outcome.quantized:
+                self.writer.write_quantized(f"{prefix}.{linear}", outcome.quantized[linear])
+            else:
+                self.writer.write_dense(name, block_tensor(block, rel).get())
+
+    def _report(self, done: int) -> None:
+        if self.progress is not None:
+            written = self.writer.shards.bytes_written / 1e9
+            label = f"blocks on {self.device} · activations on {self.activations_on} · {written:.2f} GB written"
+            self.progress(label, done, len(self.shell.blocks))
+
+    def _drift(self, streams: _Streams) -> tuple[float, float]:
+        norm, head = self.shell.head_weights()
+        drift_ids = self.calib_ids[:DRIFT_SAMPLES]
+        ppl = []
+        for stream in (streams.drift_fp, streams.drift_q):
+            hidden = torch.cat([b.hidden for b in stream])
+            ppl.append(perplexity_of(*next_token_nll(self.shell.final_norm(hidden, norm), drift_ids, head)))
+        return ppl[0], ppl[1]
+
+    def _finish(self) -> None:
+        from qfid.quant.formats import unquantized_linears, write_meta
+
+        self.writer.close()
+        tmp = self.partial.path
+        not_converted = unquantized_linears(self.shell.model, self.source.names, self.plans.keys(), self.config.ignore)
+        write_side_files(tmp, self.model_dir, self.tokenizer, quantization_config(list(self.plans.values()), not_converted))
+        self.fallbacks = dict(self.partial.state["notes"])
+        artifact = {}
+        for i in range(len(self.shell.blocks)):
+            artifact.update(self.partial.load_tensors(f"artifact-{i:05d}"))
+        write_meta(tmp, self.config, self._metadata(artifact))
+        self.partial.finish()
+
+    def _metadata(self, artifact: dict) -> dict:
+        import transformers
+
+        config = self.config
+        return {
+            "qfid_version": __version__,
+            "source_model": str(self.model_arg),
+            "scheme": config.scheme,
+            "format": config.format,
+            "group_size": self.group_size,
+            "group_size_auto": self.group_auto,
+            "fp8_weights": config.fp8_weights if config.scheme == "fp8" else None,
+            "fp8_activations": config.fp8_activations if config.scheme == "fp8" else None,
+            "awq": {"grid": config.awq_grid, "clip": config.awq_clip} if config.scheme == "awq-int4" else None,
+            "calibration": {"source": config.calib or "builtin", "description": self.calib_desc,
+                            "samples": config.calib_samples, "seq_len": config.calib_seq_len, "seed": config.seed},
+            "device": str(self.device),
+            "fallbacks": self.fallbacks,
+            "timings_s": {k: round(v, 3) for k, v in self.watch.timings.items()},
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "python": platform.python_version()},
+            "artifact": artifact,
+        }
+
+    def _result(self) -> QuantResult:
+        result = QuantResult(
+            source=str(self.model_arg), output_dir=self.output_dir, config=self.config, group_size=self.group_size,
+            group_size_auto=self.group_auto, layers_quantized=len(self.plans),
+            linear_bytes_fp16=sum(2 * s[0] * s[1] for s in self.shapes.values()),
+            linear_bytes_quantized=self.writer.quantized_bytes, checkpoint_bytes=dir_bytes(self.output_dir),
+            ppl_before=self.ppl[0], ppl_after=self.ppl[1], calib_description=self.calib_desc,
+            device=str(self.device), activations_on=self.activations_on, fallbacks=self.fallbacks,
+            timings=self.watch.timings)
+        record_summary(result, self.block_seconds)
+        return result
+
+
+def _score_dtype(config: QuantConfig, device: torch.device) -> torch.dtype:
+    """What AWQ compares scale candidates in: bf16 where the device computes it natively."""
+    from qfid.quant.awq_block import scoring_dtype
+
+    if device.type == "cuda":
+        return torch.bfloat16
+    return scoring_dtype()
+
+
+def _install_quantized(block, outcome: BlockOutcome) -> None:
+    """Put the quantized layers into the block as a reload would run them: the codec's
+    runtime module for a Linear, the stored weights dequantized into a fused expert
+    parameter."""
+    from qfid.models.linears import block_weight
+    from qfid.quant.packing import as_stored
+    from qfid.quant.primitives import Int4Weight
+
+    for rel, weight in outcome.quantized.items():
+        ref = block_weight(block, rel)
+        stored = as_stored(weight) if isinstance(weight, Int4Weight) else weight
+        if ref.expert is None:
+            module = CODECS[_codec_kind(weight)].runtime_module(weight, ref.bias)
+            block.set_submodule(rel, module.to(ref.get().device))
+        else:
+            ref.set(stored.dequantize(torch.float32))
+
+
+def _codec_kind(weight) -> str:
+    from qfid.quant.codecs import codec_of
+
+    return codec_of(weight).kind
+
+
+def record_summary(result: QuantResult, block_seconds: list[float] | None = None) -> None:
     """Add the end-of-run figures to `qfid_quant.json`: the machine-readable twin of the
     table the CLI prints."""
+    import json
+
     path = result.output_dir / "qfid_quant.json"
     meta = json.loads(path.read_text())
     meta["summary"] = {
@@ -137,89 +416,12 @@ def record_summary(result: QuantResult) -> None:
         "checkpoint_bytes": result.checkpoint_bytes,
         "ppl_calib_before": result.ppl_before,
         "ppl_calib_after": result.ppl_after,
+        "device": result.device,
+        "activations_on": result.activations_on,
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+        "per_block_s": [round(s, 3) for s in block_seconds or []],
     }
     atomic_write_text(path, json.dumps(meta, indent=2))
-
-
-def _run_scheme(hf_model, spec: ArchSpec, config: QuantConfig, group_size: int | None,
-                calib_ids: torch.Tensor, progress):
-    """(quantized weights by checkpoint name, search artifact tensors or {})."""
-    if config.scheme == "rtn-int4":
-        from qfid.quant.rtn import rtn_quantize
-
-        return rtn_quantize(hf_model, spec, group_size), {}
-    if config.scheme == "awq-int4":
-        from qfid.quant.awq import awq_quantize
-
-        result = awq_quantize(hf_model, spec, calib_ids, group_size, grid=config.awq_grid,
-                              clip=config.awq_clip, progress=progress)
-        return result.quantized, result.artifact
-    from qfid.quant.fp8 import fp8_quantize_model
-
-    static_ids = calib_ids if config.fp8_activations == "static" else None
-    return fp8_quantize_model(hf_model, spec, config.fp8_weights == "channel", static_ids), {}
-
-
-def _reloaded_perplexity(output_dir: Path, ids: torch.Tensor) -> float:
-    """Perplexity of the checkpoint as written: proves the saved files, not the in-memory
-    model, carry the quantized weights."""
-    from qfid.quant.formats import load_quantized_or_dense
-    from qfid.quant.metrics import perplexity
-
-    return perplexity(load_quantized_or_dense(str(output_dir)), ids)
-
-
-def _metadata(source: str, config: QuantConfig, group_size, auto: bool, calib_desc: str,
-              timings: dict, artifact: dict) -> dict:
-    import transformers
-
-    return {
-        "qfid_version": __version__,
-        "source_model": source,
-        "scheme": config.scheme,
-        "format": config.format,
-        "group_size": group_size,
-        "group_size_auto": auto,
-        "fp8_weights": config.fp8_weights if config.scheme == "fp8" else None,
-        "fp8_activations": config.fp8_activations if config.scheme == "fp8" else None,
-        "awq": {"grid": config.awq_grid, "clip": config.awq_clip} if config.scheme == "awq-int4" else None,
-        "calibration": {"source": config.calib or "builtin", "description": calib_desc,
-                        "samples": config.calib_samples, "seq_len": config.calib_seq_len, "seed": config.seed},
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
-        "artifact": artifact,
-    }
-
-
-def quantized_tensor_bytes(output_dir: Path, quantized: dict) -> int:
-    """Bytes the quantized layers occupy in the written safetensors (packed weights, scales,
-    zeros): the figure compared against 2 bytes per fp16 weight."""
-    from safetensors import safe_open
-
-    prefixes = tuple(f"{name}." for name in quantized)
-    total = 0
-    for path in sorted(output_dir.glob("*.safetensors")):
-        if path.name.startswith("qfid_"):
-            continue
-        with safe_open(path, "pt") as f:
-            for key in f.keys():
-                if key.startswith(prefixes):
-                    t = f.get_slice(key)
-                    total += _numel(t.get_shape()) * _dtype_bytes(t.get_dtype())
-    return total
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _dtype_bytes(name: str) -> int:
-    return {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2}.get(name, 1)
 
 
 def dir_bytes(path: Path) -> int:

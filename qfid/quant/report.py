@@ -24,6 +24,8 @@ def summary_rows(result: QuantResult) -> list[tuple[str, str]]:
         ("bits", bits),
         ("group size", group),
         ("calibration", result.calib_description),
+        ("device / activations", f"{result.device} / {result.activations_on}"),
+        ("RTN fallbacks", f"{len(result.fallbacks)} (experts with too few calibration tokens; see qfid_quant.json)" if result.fallbacks else "none"),
         ("linear weights fp16 -> quantized", f"{_mib(result.linear_bytes_fp16)} -> {_mib(result.linear_bytes_quantized)} ({result.linear_ratio:.3f}x)"),
         ("checkpoint on disk", _mib(result.checkpoint_bytes)),
         ("perplexity (calib samples) before -> after", f"{result.ppl_before:.3f} -> {result.ppl_after:.3f} ({drift:+.3f})"),

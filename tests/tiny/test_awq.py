@@ -11,12 +11,11 @@ from qfid.models.loading import load_dense_model, model_arch, read_config
 from qfid.quant.awq import apply_awq_artifact, awq_quantize, scale_key
 from qfid.quant.awq_block import (
     _ScoringBlock,
-    block_linears,
     gather_activations,
-    resolve_block_mappings,
     search_block_clips,
     search_block_scales,
 )
+from qfid.quant.block_layout import block_linears, resolve_block_mappings
 from qfid.quant.awq_search import scaled_candidates
 from qfid.quant.block_capture import capture_block_inputs
 from qfid.quant.calib import load_calibration

@@ -375,7 +375,7 @@ def test_failed_save_leaves_nothing_behind(tiny_llama_dir, tmp_path, monkeypatch
     def crash(*_args, **_kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(formats, "write_weights", crash)
+    monkeypatch.setattr(formats, "write_side_files", crash)
     parent = tmp_path / "out"
     parent.mkdir()
     with pytest.raises(OSError, match="disk full"):
@@ -463,7 +463,7 @@ def test_missing_expert_or_dense_tensor_is_an_error(checkpoints, tmp_path):
 def test_sharded_checkpoint_round_trips(checkpoints, tiny_llama_dir, tmp_path, monkeypatch):
     saved = checkpoints("llama-awq")
     model, tokenizer = load_dense_model(tiny_llama_dir)
-    monkeypatch.setattr(formats, "MAX_SHARD_SIZE", "300KB")
+    monkeypatch.setattr(formats, "MAX_SHARD_BYTES", 300_000)
     path = save_checkpoint(tmp_path / "sharded", model, tokenizer, saved.quantized, quant_config(saved.case), {})
     index = json.loads((path / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 2 and not (path / "model.safetensors").exists()

@@ -1,0 +1,38 @@
+"""Perplexity from the hidden states a streamed pass leaves after the last block: the final
+norm, then the LM head and log-softmax in chunks.
+
+A whole-model reload just to measure drift would defeat streaming, and 8,192 tokens x a
+128k vocabulary of fp32 logits is 4.2 GB; chunks of tokens x vocabulary rows keep it to tens
+of MB, with a running log-sum-exp (exact up to fp32 summation order).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+TOKEN_CHUNK = 512
+VOCAB_CHUNK = 16384
+
+
+def next_token_nll(normed: torch.Tensor, ids: torch.Tensor, head: torch.Tensor) -> tuple[float, int]:
+    """(sum of next-token NLL, tokens scored) for final-normed hidden states [n, L, H], the
+    windows' token ids [n, L] and the LM head weight [vocab, H] (any dtype; used in fp32)."""
+    hidden = normed[:, :-1].reshape(-1, normed.shape[-1]).float()
+    targets = ids[:, 1:].reshape(-1).to(hidden.device)
+    total = 0.0
+    for start in range(0, hidden.shape[0], TOKEN_CHUNK):
+        h, t = hidden[start:start + TOKEN_CHUNK], targets[start:start + TOKEN_CHUNK]
+        lse = torch.full((h.shape[0],), -math.inf, device=h.device)
+        target_logit = torch.zeros(h.shape[0], device=h.device)
+        for v0 in range(0, head.shape[0], VOCAB_CHUNK):
+            logits = h @ head[v0:v0 + VOCAB_CHUNK].float().t()
+            lse = torch.logaddexp(lse, logits.logsumexp(dim=-1))
+            inside = (t >= v0) & (t < v0 + logits.shape[1])
+            target_logit[inside] = logits[inside, t[inside] - v0]
+        total += (lse - target_logit).sum().item()
+    return total, targets.numel()
+
+
+def perplexity_of(nll_sum: float, tokens: int) -> float:
+    return math.exp(nll_sum / max(tokens, 1))
