@@ -121,8 +121,8 @@ def copies_for(weights: tuple, l2: int) -> int:
 
 def linear_paths(out_f: int, in_f: int, group: int) -> list[Case]:
     from qfid.kernels import cuda_ops, triton_ops
-    from qfid.quant.packing import pack_awq_gemm
-    from qfid.quant.primitives import Int4Weight, fp8_quantize
+    from qfid.layouts.packing import pack_awq_gemm
+    from qfid.layouts.primitives import Int4Weight, fp8_quantize
 
     groups = in_f // group
     q = Int4Weight(codes=torch.randint(0, 16, (out_f, in_f), dtype=torch.uint8, device=DEVICE),

@@ -20,7 +20,7 @@ import torch
 from qfid.kernels import reference
 from qfid.kernels.cpu_build import load_cpu_ops
 from qfid.kernels.cpu_layout import pack_int4_tiles, pack_int4_torch
-from qfid.quant.packing import unpack_awq_gemm
+from qfid.layouts.packing import unpack_awq_gemm
 
 
 def prepare_int4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int) -> dict:

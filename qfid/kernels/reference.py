@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qfid.quant.packing import unpack_awq_gemm
-from qfid.quant.primitives import fp8_fake_quantize_activation
+from qfid.layouts.packing import unpack_awq_gemm
+from qfid.layouts.primitives import fp8_fake_quantize_activation
 
 
 def prepare_int4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int) -> dict:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from qfid.kernels import reference
 from qfid.kernels.sources import load_source_module
-from qfid.quant.primitives import FP8_DTYPE, FP8_E4M3_MAX
+from qfid.layouts.primitives import FP8_DTYPE, FP8_E4M3_MAX
 
 DENSE_ROWS = 256    # above this many rows, dequantize + cuBLAS beats the fused GEMM
 

@@ -35,7 +35,7 @@ from qfid.quant.awq_block import (
 )
 from qfid.quant.block_capture import BlockBatch, capture_block_inputs
 from qfid.quant.block_layout import BlockLayout, describe_block
-from qfid.quant.primitives import Int4Weight
+from qfid.layouts.primitives import Int4Weight
 
 # Tokens each scale candidate is scored on: token-wise modules get every k-th token of all
 # sequences, attention gets whole sequences (batches of search_tokens // seq_len). Scoring

@@ -28,7 +28,7 @@ from qfid.models.mappings import ArchSpec
 from qfid.quant.awq_search import activation_means, search_clip, search_scale, weight_means
 from qfid.quant.block_capture import BlockBatch, run_block, sequence_kwargs
 from qfid.quant.block_layout import BlockMapping
-from qfid.quant.primitives import Int4Weight, int4_quantize
+from qfid.layouts.primitives import Int4Weight, int4_quantize
 
 
 @dataclass

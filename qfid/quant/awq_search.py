@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from qfid.quant.primitives import int4_fake_quantize
+from qfid.layouts.primitives import int4_fake_quantize
 
 CLIP_MAX_SHRINK = 0.5
 CLIP_GRID = 20

@@ -18,8 +18,8 @@ from qfid.errors import QfidError
 from qfid.models.checkpoint_source import CheckpointSource
 from qfid.quant.hf_quant_config import awq_group_size, ct_fp8_activations, ct_int4_group_sizes
 from qfid.quant.linear import Fp8Linear, Int4Linear
-from qfid.quant.packing import unpack_awq_gemm, unpack_ct_int4
-from qfid.quant.primitives import FP8_DTYPE, Fp8Weight, Int4Weight
+from qfid.layouts.packing import unpack_awq_gemm, unpack_ct_int4
+from qfid.layouts.primitives import FP8_DTYPE, Fp8Weight, Int4Weight
 
 _MARKERS = {"qweight", "weight_packed", "weight_scale"}
 _LEAVES = _MARKERS | {"qzeros", "scales", "weight_zero_point", "weight_shape", "input_scale", "weight"}

@@ -15,8 +15,8 @@ from torch import nn
 
 from qfid.errors import QfidError
 from qfid.quant.hf_quant_config import awq_config, ct_fp8_config, ct_int4_config
-from qfid.quant.packing import pack_awq_gemm, pack_ct_int4
-from qfid.quant.primitives import FP8_DTYPE, Fp8Weight, Int4Weight
+from qfid.layouts.packing import pack_awq_gemm, pack_ct_int4
+from qfid.layouts.primitives import FP8_DTYPE, Fp8Weight, Int4Weight
 from qfid.utils.safetensors_stream import TensorSpec
 
 

@@ -37,7 +37,7 @@ from qfid.models.mappings import ARCHITECTURES
 from qfid.quant.artifact import write_awq_artifact
 from qfid.quant.checkpoint_reader import StoredLinear, decode_checkpoint
 from qfid.quant.codecs import CODECS, quantization_config
-from qfid.quant.primitives import Fp8Weight, Int4Weight
+from qfid.layouts.primitives import Fp8Weight, Int4Weight
 from qfid.quant.schemes import SCHEMES
 from qfid.quant.writer import MAX_SHARD_BYTES, CheckpointWriter, plan_of, write_side_files
 from qfid.utils.fs import atomic_output_dir

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qfid.quant.packing import SCALE_DTYPE, pack_awq_gemm, unpack_awq_gemm
-from qfid.quant.primitives import Fp8Weight, Int4Weight, fp8_dequantize
+from qfid.layouts.packing import SCALE_DTYPE, pack_awq_gemm, unpack_awq_gemm
+from qfid.layouts.primitives import Fp8Weight, Int4Weight, fp8_dequantize
 
 
 class _QuantizedLinear(nn.Module):

@@ -35,7 +35,7 @@ from qfid.quant.block_layout import describe_block
 from qfid.quant.codecs import CODECS, LinearPlan, quantization_config
 from qfid.quant.drift import next_token_nll, perplexity_of
 from qfid.quant.partial import PartialCheckpoint
-from qfid.quant.primitives import default_group_size
+from qfid.layouts.primitives import default_group_size
 from qfid.quant.schemes import SCHEMES, BlockJob, BlockOutcome
 from qfid.quant.writer import MAX_SHARD_BYTES, CheckpointWriter, write_side_files
 from qfid.utils.fs import atomic_write_text
@@ -382,8 +382,8 @@ def _install_quantized(block, outcome: BlockOutcome) -> None:
     runtime module for a Linear, the stored weights dequantized into a fused expert
     parameter."""
     from qfid.models.linears import block_weight
-    from qfid.quant.packing import as_stored
-    from qfid.quant.primitives import Int4Weight
+    from qfid.layouts.packing import as_stored
+    from qfid.layouts.primitives import Int4Weight
 
     for rel, weight in outcome.quantized.items():
         ref = block_weight(block, rel)

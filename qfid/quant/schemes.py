@@ -17,7 +17,7 @@ from qfid.models.mappings import ArchSpec
 from qfid.quant.block_capture import BlockBatch, run_block
 from qfid.quant.block_layout import BlockLayout
 from qfid.quant.codecs import LinearPlan
-from qfid.quant.primitives import FP8_E4M3_MAX, Fp8Weight, Int4Weight, fp8_quantize, int4_quantize
+from qfid.layouts.primitives import FP8_E4M3_MAX, Fp8Weight, Int4Weight, fp8_quantize, int4_quantize
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 
 from qfid.errors import QfidError
 from qfid.quant.codecs import LinearPlan, packed_specs, packed_tensors
-from qfid.quant.primitives import Fp8Weight, Int4Weight
+from qfid.layouts.primitives import Fp8Weight, Int4Weight
 from qfid.utils.safetensors_stream import ShardedWriter, TensorSpec
 
 MAX_SHARD_BYTES = 5 * 10**9   # the hub's shard size

@@ -19,7 +19,7 @@ from qfid.quant.block_layout import block_linears, resolve_block_mappings
 from qfid.quant.awq_search import scaled_candidates
 from qfid.quant.block_capture import capture_block_inputs
 from qfid.quant.calib import load_calibration
-from qfid.quant.primitives import int4_fake_quantize
+from qfid.layouts.primitives import int4_fake_quantize
 
 GROUP = 64
 

@@ -115,7 +115,7 @@ def test_artifact_reader_finds_the_pre_move_top_level_file(tiny_llama_dir, tmp_p
     from qfid.quant.artifact import LEGACY_AWQ_ARTIFACT, read_awq_artifact
     from qfid.quant.awq import apply_awq_artifact
     from qfid.quant.formats import load_quantized_or_dense
-    from qfid.quant.packing import as_stored
+    from qfid.layouts.packing import as_stored
 
     out = _quantize(tiny_llama_dir, tmp_path / "q", "awq-autoawq")
     current = read_awq_artifact(out)

@@ -23,8 +23,8 @@ from qfid.quant import formats
 from qfid.quant.artifact import read_awq_artifact
 from qfid.quant.formats import load_quantized_or_dense, save_checkpoint
 from qfid.quant.linear import Fp8Linear, Int4Linear
-from qfid.quant.packing import as_stored
-from qfid.quant.primitives import Int4Weight, fp8_fake_quantize_activation, fp8_quantize, int4_quantize
+from qfid.layouts.packing import as_stored
+from qfid.layouts.primitives import Int4Weight, fp8_fake_quantize_activation, fp8_quantize, int4_quantize
 
 pytestmark = pytest.mark.usefixtures("reference_kernels")  # exact decoding: the torch reference path
 

@@ -189,8 +189,8 @@ def test_failure_before_any_block_leaves_nothing(tmp_path, monkeypatch):
 
 def test_starved_experts_fall_back_to_rtn_with_a_warning(tmp_path, monkeypatch):
     import qfid.quant.awq as awq
-    from qfid.quant.packing import unpack_awq_gemm
-    from qfid.quant.primitives import int4_quantize
+    from qfid.layouts.packing import unpack_awq_gemm
+    from qfid.layouts.primitives import int4_quantize
 
     source = REFERENCE / "mixtral" / "source"
     monkeypatch.setattr(awq, "MIN_EXPERT_TOKENS", 10**9)   # every expert counts as starved

@@ -12,7 +12,7 @@ from qfid.quant.awq_search import (
     search_scale,
     weight_means,
 )
-from qfid.quant.primitives import int4_fake_quantize, int4_quantize
+from qfid.layouts.primitives import int4_fake_quantize, int4_quantize
 
 G = 32
 

@@ -11,7 +11,7 @@ import torch
 from qfid.kernels import cpu
 from qfid.kernels.cpu_build import load_cpu_ops, missing_requirements
 from qfid.kernels.cpu_layout import TILE_ROWS, pack_bf16_tiles, pack_int4_tiles, pack_int4_torch, tile_group_bytes
-from qfid.quant.packing import pack_awq_gemm
+from qfid.layouts.packing import pack_awq_gemm
 from tests.unit import test_kernels_reference as cases
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import torch
 
 from qfid.kernels import reference
 from qfid.quant.linear import Fp8Linear, Int4Linear
-from qfid.quant.packing import pack_awq_gemm
-from qfid.quant.primitives import FP8_DTYPE, Fp8Weight, Int4Weight, fp8_quantize
+from qfid.layouts.packing import pack_awq_gemm
+from qfid.layouts.primitives import FP8_DTYPE, Fp8Weight, Int4Weight, fp8_quantize
 
 TOL = {torch.float32: 1e-4, torch.float16: 1e-3, torch.bfloat16: 4e-3}
 DTYPES = list(TOL)

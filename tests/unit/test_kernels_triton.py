@@ -25,7 +25,7 @@ DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 pytest.importorskip("triton")
 
 from qfid.kernels import dispatch, reference, triton_ops  # noqa: E402
-from qfid.quant.packing import pack_ct_int4  # noqa: E402
+from qfid.layouts.packing import pack_ct_int4  # noqa: E402
 from tests.unit import test_kernels_reference as cases  # noqa: E402
 
 # Hopper's FP8 MMA for tiles of 64+ rows (wgmma) adds products in reduced precision: 1.05e-4

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qfid.errors import QfidError
-from qfid.quant.packing import as_stored, pack_awq_gemm, pack_ct_int4, unpack_awq_gemm, unpack_ct_int4
-from qfid.quant.primitives import Int4Weight, int4_quantize
+from qfid.layouts.packing import as_stored, pack_awq_gemm, pack_ct_int4, unpack_awq_gemm, unpack_ct_int4
+from qfid.layouts.primitives import Int4Weight, int4_quantize
 
 # AutoAWQ (awq/modules/linear/gemm.py): nibble i of packed column c holds column 8c + ORDER[i];
 # vLLM's AWQ dequant reads column j of a word from nibble REVERSE_ORDER[j].

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qfid.quant.primitives import (
+from qfid.layouts.primitives import (
     FP8_E4M3_MAX,
     default_group_size,
     fp8_dequantize,

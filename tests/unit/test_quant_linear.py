@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from qfid.quant.linear import Fp8Linear, Int4Linear
-from qfid.quant.packing import as_stored
-from qfid.quant.primitives import fp8_fake_quantize_activation, fp8_quantize, int4_quantize
+from qfid.layouts.packing import as_stored
+from qfid.layouts.primitives import fp8_fake_quantize_activation, fp8_quantize, int4_quantize
 
 pytestmark = pytest.mark.usefixtures("reference_kernels")  # exact decoding: the torch reference path
 

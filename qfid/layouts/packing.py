@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from qfid.errors import QfidError
-from qfid.quant.primitives import Int4Weight
+from qfid.layouts.primitives import Int4Weight
 
 NIBBLES_PER_WORD = 8
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
