@@ -31,7 +31,7 @@ class _Sampling(BaseModel):
     stream_options: dict | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-2**63, lt=2**64)  # what a torch.Generator takes
     ignore_eos: bool = False
 
     @property

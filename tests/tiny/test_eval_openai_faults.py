@@ -13,18 +13,10 @@ pytest.importorskip("fastapi")
 from tests.cli_helpers import run_cli  # noqa: E402
 from tests.fault_proxy import FaultProxy  # noqa: E402
 from tests.tiny.test_engine_greedy import one_thread  # noqa: E402,F401 (autouse)
-from tests.tiny.test_engine_server import RunningServer  # noqa: E402
-from tests.tiny.test_eval_openai_served import assert_same_records, records_of, served_llm  # noqa: E402
+from tests.tiny.test_eval_openai_served import assert_same_records, records_of, server  # noqa: E402,F401 (fixture)
 
 SUITES, LIMIT = "finance-mc,finance,general-ppl", 4
 FAULTS = ["503", "429", "drop_before", "drop_after", "delay", "pass", "503", "drop_after", "delay", "drop_before"]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_llama_dir):
-    running = RunningServer(served_llm(tiny_llama_dir), max_pending=256)
-    yield running
-    running.stop()
 
 
 @pytest.fixture()

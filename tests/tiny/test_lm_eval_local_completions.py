@@ -11,21 +11,14 @@ pytest.importorskip("lm_eval")
 pytest.importorskip("aiohttp")  # lm-eval[api]
 
 from tests.tiny.test_engine_greedy import one_thread  # noqa: E402,F401 (autouse)
-from tests.tiny.test_engine_server import MODEL, RunningServer  # noqa: E402
-from tests.tiny.test_eval_openai_served import served_llm  # noqa: E402
+from tests.tiny.test_engine_server import MODEL  # noqa: E402
+from tests.tiny.test_eval_openai_served import server  # noqa: E402,F401 (fixture)
 from tests.tiny.test_lm_eval_bridge import SUITES, _lm_eval, tasks_dir  # noqa: E402,F401 (fixture)
 
 from qfid.evals.lm_eval_export import task_name  # noqa: E402
 from qfid.evals.suite import load_suite  # noqa: E402
 
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def server(tiny_llama_dir):
-    running = RunningServer(served_llm(tiny_llama_dir), max_pending=256)
-    yield running
-    running.stop()
 
 
 def test_local_completions_against_qfid_serve_equals_lm_eval_hf(server, tiny_llama_dir, tasks_dir):

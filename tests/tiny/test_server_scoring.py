@@ -8,17 +8,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from tests.tiny.test_engine_server import MODEL, RunningServer, tiny_llm  # noqa: E402
+from tests.tiny.test_engine_server import MODEL, server, tiny_llm  # noqa: E402,F401 (fixture)
 from tests.tiny.test_engine_greedy import one_thread  # noqa: E402,F401 (autouse)
 
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def server(tiny_llama_dir):
-    running = RunningServer(tiny_llm(tiny_llama_dir), max_pending=64)
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")
