@@ -70,21 +70,45 @@ def _check_groups(w: torch.Tensor, group_size: int) -> None:
         raise ValueError(f"group size {group_size} does not divide input width {w.shape[1]}")
 
 
-def _int4_groups(w: torch.Tensor, group_size: int, clip: torch.Tensor | None):
-    """(scales, zeros, codes) per group [out, in/G, 1 or G], fp32: the arithmetic shared by
-    int4_quantize and int4_fake_quantize, so the two agree bit for bit."""
-    _check_groups(w, group_size)
-    out_f, in_f = w.shape
-    g = w.detach().float().reshape(out_f, in_f // group_size, group_size)
-    if clip is not None:
-        c = clip.float().reshape(out_f, in_f // group_size, 1)
-        g = torch.clamp(g, -c, c)
+def _scales_zeros(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group scale and zero point [out, in/G, 1] of grouped fp32 weights [out, in/G, G]."""
     w_max = g.amax(dim=2, keepdim=True)
     w_min = g.amin(dim=2, keepdim=True)
     scales = ((w_max - w_min).clamp(min=_MIN_SCALE) / INT4_MAX)
     zeros = torch.clamp(torch.round(-w_min / scales), 0, INT4_MAX)
+    return scales, zeros
+
+
+def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    _check_groups(w, group_size)
+    out_f, in_f = w.shape
+    return w.reshape(out_f, in_f // group_size, group_size)
+
+
+def _int4_groups(w: torch.Tensor, group_size: int, clip: torch.Tensor | None):
+    """(scales, zeros, codes) per group [out, in/G, 1 or G], fp32: the arithmetic shared by
+    int4_quantize and the fake quantizers, so they all agree bit for bit."""
+    g = _grouped(w.detach().float(), group_size)
+    if clip is not None:
+        c = clip.float().reshape(g.shape[0], g.shape[1], 1)
+        g = torch.clamp(g, -c, c)
+    scales, zeros = _scales_zeros(g)
     codes = torch.clamp(torch.round(g / scales) + zeros, 0, INT4_MAX)
     return scales, zeros, codes
+
+
+def int4_fake_quantize_(w: torch.Tensor, group_size: int, clip: torch.Tensor | None = None) -> torch.Tensor:
+    """`int4_fake_quantize` in place on an fp32 tensor, with no temporary of w's size: the
+    AWQ searches call it 20 times per candidate weight, and on an 8B's 14336x4096 layers
+    each fresh 235 MB temporary cost a trip through mmap and page faults (40% of the search
+    was system time). Same operations in the same order, so the same bits."""
+    g = _grouped(w, group_size)
+    if clip is not None:
+        c = clip.float().reshape(g.shape[0], g.shape[1], 1)
+        torch.clamp(g, -c, c, out=g)
+    scales, zeros = _scales_zeros(g)
+    g.div_(scales).round_().add_(zeros).clamp_(0, INT4_MAX).sub_(zeros).mul_(scales)
+    return w
 
 
 def int4_quantize(w: torch.Tensor, group_size: int, clip: torch.Tensor | None = None) -> Int4Weight:
@@ -112,8 +136,7 @@ def int4_fake_quantize(w: torch.Tensor, group_size: int, clip: torch.Tensor | No
     """Quantize then dequantize, in w's dtype: what the search loops score. Equal bit for bit
     to `int4_quantize(...).dequantize()`, without the uint8 round trip (half the cost in
     AWQ's inner loops)."""
-    scales, zeros, codes = _int4_groups(w, group_size, clip)
-    return ((codes - zeros) * scales).reshape(w.shape).to(w.dtype)
+    return int4_fake_quantize_(w.detach().float().clone(), group_size, clip).to(w.dtype)
 
 
 def fp8_quantize(w: torch.Tensor, per_channel: bool = True) -> Fp8Weight:

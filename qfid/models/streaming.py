@@ -63,6 +63,11 @@ class ModelShell:
             self._embedding = self.source.read([name])[name].to(self.device)
         return F.embedding(ids.to(self.device), self._embedding).to(COMPUTE_DTYPE)
 
+    def release_embedding(self) -> None:
+        """Drop the embedding table once every stream has been embedded (on an 8B it is
+        1 GB that no block needs); a tied LM head reads it again at the end."""
+        self._embedding = None
+
     def load_block(self, i: int) -> nn.Module:
         """Block i with the checkpoint's weights, in fp32 on the compute device. Every
         parameter must be filled: it starts as NaN, so a tensor missing from the files is

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from qfid.layouts.primitives import int4_fake_quantize
+from qfid.layouts.primitives import int4_fake_quantize_
 
 CLIP_MAX_SHRINK = 0.5
 CLIP_GRID = 20
@@ -45,19 +45,27 @@ def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor, alpha: float) -
     return torch.where(torch.isfinite(s), s, torch.ones_like(s))
 
 
-def scaled_candidates(weights: list[torch.Tensor], s: torch.Tensor, group_size: int) -> list[torch.Tensor]:
+def scaled_candidates(weights: list[torch.Tensor], s: torch.Tensor, group_size: int,
+                      out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """`Q(W * s) / s` for each weight: what the balance layers compute on unscaled inputs once
-    s is folded and W * s is quantized."""
-    return [int4_fake_quantize(w * s, group_size) / s for w in weights]
+    s is folded and W * s is quantized. With `out` (one fp32 buffer per weight, reused
+    across grid points) nothing of the weights' size is allocated: on a large block fresh
+    temporaries every grid point made the search spend 40% of its time in page faults."""
+    out = out if out is not None else [torch.empty_like(w, dtype=torch.float32) for w in weights]
+    for w, buf in zip(weights, out):
+        torch.mul(w, s, out=buf)
+        int4_fake_quantize_(buf, group_size).div_(s)
+    return out
 
 
 def search_scale(x_mean: torch.Tensor, w_mean: torch.Tensor, weights: list[torch.Tensor],
                  group_size: int, grid: int, loss: Callable[[list[torch.Tensor]], float]) -> tuple[torch.Tensor, float]:
     """The per-channel scale with the lowest `loss(candidate weights)`, and that loss."""
     best_s, best_loss = torch.ones_like(x_mean), float("inf")
+    buffers = [torch.empty_like(w, dtype=torch.float32) for w in weights]
     for step in range(grid):
         s = candidate_scales(x_mean, w_mean, step / grid)
-        value = loss(scaled_candidates(weights, s, group_size))
+        value = loss(scaled_candidates(weights, s, group_size, buffers))
         if value < best_loss:
             best_s, best_loss = s, value
     return best_s, best_loss
@@ -76,11 +84,14 @@ def group_gram(x: torch.Tensor, group_size: int) -> torch.Tensor:
     return xg.transpose(1, 2) @ xg / max(n, 1)
 
 
-def group_output_error(delta: torch.Tensor, gram: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Mean squared output error contributed by each group: [out, in] weight error -> [out, n_groups]."""
+def group_output_error(delta: torch.Tensor, gram: torch.Tensor, group_size: int,
+                       work: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared output error contributed by each group: [out, in] weight error -> [out, n_groups].
+    `work` (a tensor of delta's size) holds the product, so a search loop allocates nothing large."""
     out_f, in_f = delta.shape
     d = delta.reshape(out_f, in_f // group_size, group_size).transpose(0, 1)   # [groups, out, G]
-    return ((d @ gram) * d).sum(dim=-1).transpose(0, 1)
+    product = torch.bmm(d, gram, out=None if work is None else work.view(d.shape))
+    return product.mul_(d).sum(dim=-1).transpose(0, 1)
 
 
 def search_clip(w: torch.Tensor, x: torch.Tensor, group_size: int,
@@ -92,9 +103,11 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, group_size: int,
     gram = group_gram(x, group_size)
     max_abs = w.abs().reshape(out_f, in_f // group_size, group_size).amax(dim=-1)
     best_clip, best_err = max_abs.clone(), torch.full_like(max_abs, float("inf"))
+    delta, work = torch.empty_like(w), torch.empty_like(w)
     for step in range(grid):
         clip = max_abs * (1 - max_shrink * step / grid)
-        err = group_output_error(int4_fake_quantize(w, group_size, clip) - w, gram, group_size)
+        int4_fake_quantize_(delta.copy_(w), group_size, clip).sub_(w)
+        err = group_output_error(delta, gram, group_size, work)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_clip = torch.where(better, clip, best_clip)

@@ -158,6 +158,7 @@ class _Run:
         self.offload = offload
         self.watch = _Stopwatch()
         self.block_seconds: list[float] = []
+        self.search_timings: dict[str, float] = {}   # inside the blocks, by search stage (AWQ)
         self.fallbacks: dict[str, str] = {}
 
     def execute(self) -> QuantResult:
@@ -251,6 +252,7 @@ class _Run:
         drift_ids = self.calib_ids[:DRIFT_SAMPLES]
         drift = capture_block_inputs(self.shell.model, first, drift_ids, DRIFT_SAMPLES, embed=self.shell.embed)
         self.activations_on = "cpu" if calib and calib[0].hidden.device.type == "cpu" else str(self.device)
+        self.shell.release_embedding()
         return _Streams(calib, drift, [BlockBatch(b.hidden.clone(), b.kwargs) for b in drift])
 
     def _place(self, batches: list[BlockBatch]) -> list[BlockBatch]:
@@ -281,6 +283,8 @@ class _Run:
         job = BlockJob(block, prefix, describe_block(block, self.spec), self.spec, self.config, self.group_size,
                        streams.calib, self.score_dtype)
         outcome = self.handler.quantize_block(job)
+        for stage, seconds in outcome.timings.items():
+            self.search_timings[stage] = self.search_timings.get(stage, 0.0) + seconds
         for name, why in outcome.fallbacks.items():
             self.warn(f"{name}: {why}")
         self._write_block(block, prefix, outcome)
@@ -364,7 +368,7 @@ class _Run:
             ppl_before=self.ppl[0], ppl_after=self.ppl[1], calib_description=self.calib_desc,
             device=str(self.device), activations_on=self.activations_on, fallbacks=self.fallbacks,
             timings=self.watch.timings)
-        record_summary(result, self.block_seconds)
+        record_summary(result, self.block_seconds, self.search_timings)
         return result
 
 
@@ -401,7 +405,8 @@ def _codec_kind(weight) -> str:
     return codec_of(weight).kind
 
 
-def record_summary(result: QuantResult, block_seconds: list[float] | None = None) -> None:
+def record_summary(result: QuantResult, block_seconds: list[float] | None = None,
+                   search_timings: dict[str, float] | None = None) -> None:
     """Add the end-of-run figures to `qfid_quant.json`: the machine-readable twin of the
     table the CLI prints."""
     import json
@@ -420,6 +425,7 @@ def record_summary(result: QuantResult, block_seconds: list[float] | None = None
         "activations_on": result.activations_on,
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
         "per_block_s": [round(s, 3) for s in block_seconds or []],
+        "search_s": {k: round(v, 3) for k, v in (search_timings or {}).items()},
     }
     atomic_write_text(path, json.dumps(meta, indent=2))
 

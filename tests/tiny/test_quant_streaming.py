@@ -207,3 +207,27 @@ def test_starved_experts_fall_back_to_rtn_with_a_warning(tmp_path, monkeypatch):
     t = _tensors(out)
     stored = unpack_awq_gemm(t[f"{name}.qweight"], t[f"{name}.qzeros"], t[f"{name}.scales"], 64)
     assert torch.equal(stored.codes, int4_quantize(src, 64).codes)   # s = 1 and no clip: plain RTN
+
+
+def test_tied_embeddings_are_neither_quantized_nor_written_twice(tmp_path):
+    from qfid.quant.formats import load_quantized_or_dense
+
+    source = REFERENCE / "llama" / "source"
+    tied = tmp_path / "tied-src"
+    tied.mkdir()
+    for side in source.iterdir():
+        if side.suffix != ".safetensors":
+            shutil.copy(side, tied / side.name)
+    config = json.loads((source / "config.json").read_text())
+    (tied / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    from qfid.utils.safetensors_stream import write_tensors
+
+    dense = {k: v for k, v in load_file(source / "model.safetensors").items() if k != "lm_head.weight"}
+    write_tensors(tied, dense, 10**9)
+    out = _quantize(tied, tmp_path / "q", "rtn")
+    written = _tensors(out)
+    assert "lm_head.weight" not in written and not [k for k in written if k.startswith("lm_head.")]
+    summary = json.loads((out / "qfid_quant.json").read_text())["summary"]
+    assert 1 < summary["ppl_calib_before"] < 1e4 and 1 < summary["ppl_calib_after"] < 1e4
+    model = load_quantized_or_dense(out)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()

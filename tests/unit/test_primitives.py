@@ -80,3 +80,19 @@ def test_default_group_size():
     assert default_group_size({256, 384}) == 128
     with pytest.raises(ValueError):
         default_group_size({100})
+
+
+@pytest.mark.parametrize("clipped", [False, True])
+def test_fake_quantizers_equal_quantize_then_dequantize_bit_for_bit(clipped):
+    """The searches score with the fake quantizers (the in-place one reuses a buffer across
+    grid points); what is written is int4_quantize's. All three must be the same bits."""
+    from qfid.layouts.primitives import int4_fake_quantize_
+
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(48, 256, generator=g) * torch.rand(256, generator=g) * 3
+    clip = w.abs().reshape(48, 4, 64).amax(-1) * 0.8 if clipped else None
+    expected = int4_quantize(w, 64, clip).dequantize()
+    buffer = w.clone()
+    assert int4_fake_quantize_(buffer, 64, clip) is buffer
+    assert torch.equal(buffer, expected)
+    assert torch.equal(int4_fake_quantize(w, 64, clip), expected)
