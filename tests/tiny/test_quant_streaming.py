@@ -94,15 +94,23 @@ def _same_clip_steps(a: torch.Tensor, b: torch.Tensor) -> bool:
     return float(((ratio - 1).abs() < CLIP_STEP / 2).float().mean()) >= 1 - CODE_MISMATCH_MAX
 
 
-def _sharded_copy(source: Path, target: Path, max_shard_bytes: int) -> Path:
+def _copy_with(source: Path, target: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int = 10**9,
+               config: dict | None = None) -> Path:
+    """A copy of a source checkpoint folder holding `tensors` (sharded) and `config`."""
     from qfid.utils.safetensors_stream import write_tensors
 
     target.mkdir()
     for side in source.iterdir():
         if side.suffix != ".safetensors":
             shutil.copy(side, target / side.name)
-    write_tensors(target, load_file(source / "model.safetensors"), max_shard_bytes)
+    if config is not None:
+        (target / "config.json").write_text(json.dumps(config))
+    write_tensors(target, tensors, max_shard_bytes)
     return target
+
+
+def _sharded_copy(source: Path, target: Path, max_shard_bytes: int) -> Path:
+    return _copy_with(source, target, load_file(source / "model.safetensors"), max_shard_bytes)
 
 
 @pytest.mark.parametrize("case", ["rtn", "awq"])
@@ -127,16 +135,9 @@ def test_output_is_sharded_with_an_index(tmp_path, monkeypatch):
 
 
 def test_bf16_source_keeps_its_dtype_and_its_dense_tensors(tmp_path):
-    from qfid.utils.safetensors_stream import write_tensors
-
     source = REFERENCE / "llama" / "source"
-    bf16 = tmp_path / "bf16-src"
-    bf16.mkdir()
-    for side in source.iterdir():
-        if side.suffix != ".safetensors":
-            shutil.copy(side, bf16 / side.name)
     dense = {k: v.bfloat16() for k, v in load_file(source / "model.safetensors").items()}
-    write_tensors(bf16, dense, 10**9)
+    bf16 = _copy_with(source, tmp_path / "bf16-src", dense)
     out = _tensors(_quantize(bf16, tmp_path / "q", "rtn"))
     for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
                  "model.layers.0.input_layernorm.weight"):
@@ -213,17 +214,9 @@ def test_tied_embeddings_are_neither_quantized_nor_written_twice(tmp_path):
     from qfid.quant.formats import load_quantized_or_dense
 
     source = REFERENCE / "llama" / "source"
-    tied = tmp_path / "tied-src"
-    tied.mkdir()
-    for side in source.iterdir():
-        if side.suffix != ".safetensors":
-            shutil.copy(side, tied / side.name)
-    config = json.loads((source / "config.json").read_text())
-    (tied / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
-    from qfid.utils.safetensors_stream import write_tensors
-
+    config = {**json.loads((source / "config.json").read_text()), "tie_word_embeddings": True}
     dense = {k: v for k, v in load_file(source / "model.safetensors").items() if k != "lm_head.weight"}
-    write_tensors(tied, dense, 10**9)
+    tied = _copy_with(source, tmp_path / "tied-src", dense, config=config)
     out = _quantize(tied, tmp_path / "q", "rtn")
     written = _tensors(out)
     assert "lm_head.weight" not in written and not [k for k in written if k.startswith("lm_head.")]
