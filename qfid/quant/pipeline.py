@@ -32,7 +32,7 @@ from qfid.models.loading import check_quantizable, resolve_model_dir
 from qfid.models.streaming import ModelShell
 from qfid.quant.block_capture import BlockBatch, capture_block_inputs, run_block
 from qfid.quant.block_layout import describe_block
-from qfid.quant.codecs import CODECS, LinearPlan, quantization_config
+from qfid.quant.codecs import LinearPlan, quantization_config
 from qfid.quant.drift import next_token_nll, perplexity_of
 from qfid.quant.partial import PartialCheckpoint
 from qfid.layouts.primitives import default_group_size
@@ -382,27 +382,24 @@ def _score_dtype(config: QuantConfig, device: torch.device) -> torch.dtype:
 
 
 def _install_quantized(block, outcome: BlockOutcome) -> None:
-    """Put the quantized layers into the block as a reload would run them: the codec's
-    runtime module for a Linear, the stored weights dequantized into a fused expert
-    parameter."""
-    from qfid.models.linears import block_weight
+    """Put the quantized layers into the block as the torch reference kernel runs them: INT4
+    weights dequantized from their stored form (fp16 scales) in place of the fp weights,
+    FP8 Linears swapped for Fp8Linear (which also rounds activations through E4M3); FP8
+    experts, which transformers 5 fuses, dequantized in place as qfid.load does. Dense
+    matmuls keep the drift pass fast where no INT4 kernel suits thousands of rows."""
     from qfid.layouts.packing import as_stored
     from qfid.layouts.primitives import Int4Weight
+    from qfid.models.linears import block_weight
+    from qfid.quant.codecs import codec_of
 
     for rel, weight in outcome.quantized.items():
         ref = block_weight(block, rel)
-        stored = as_stored(weight) if isinstance(weight, Int4Weight) else weight
-        if ref.expert is None:
-            module = CODECS[_codec_kind(weight)].runtime_module(weight, ref.bias)
-            block.set_submodule(rel, module.to(ref.get().device))
-        else:
+        if isinstance(weight, Int4Weight) or ref.expert is not None:
+            stored = as_stored(weight) if isinstance(weight, Int4Weight) else weight
             ref.set(stored.dequantize(torch.float32))
-
-
-def _codec_kind(weight) -> str:
-    from qfid.quant.codecs import codec_of
-
-    return codec_of(weight).kind
+        else:
+            module = codec_of(weight).runtime_module(weight, ref.bias)
+            block.set_submodule(rel, module.to(ref.get().device))
 
 
 def record_summary(result: QuantResult, block_seconds: list[float] | None = None,
