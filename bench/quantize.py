@@ -6,15 +6,27 @@ delta vs the fp32 baseline; AWQ's share of RTN's perplexity gap. Prints a table 
 JSON (`--json PATH`).
 
     python bench/quantize.py [--model smollm2-135m] [--schemes awq-int4,rtn-int4,fp8] [--json out.json]
+
+`--calib-spread` measures instead how much AWQ's held-out perplexity depends on which
+calibration samples it saw: 3 seeds at 16, 64 and 128 samples (bench/_calib_spread.py),
+written to bench/results/quantize_calib_spread.json unless `--json` says otherwise.
+
+    python bench/quantize.py --calib-spread [--spread-samples 16,64,128] [--spread-seeds 0,1,2]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+# bench/kernels.py would shadow the `kernels` package transformers imports: search this
+# folder last (its helpers, _worker and _calib_spread, are still found)
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
 SCHEME_CONFIGS = {
     "awq-int4": {"scheme": "awq-int4"},
@@ -24,19 +36,20 @@ SCHEME_CONFIGS = {
 }
 
 
-def worker(model: str, scheme: str, out_dir: str, samples: int, seq_len: int) -> dict:
+def worker(model: str, scheme: str, out_dir: str, samples: int, seq_len: int, seed: int = 0) -> dict:
     """Runs in the subprocess: quantize, then held-out perplexity of the written checkpoint."""
     from qfid.config import QuantConfig
     from qfid.quant.heldout import heldout_perplexity
     from qfid.quant.pipeline import quantize_model
 
-    config = QuantConfig(calib_samples=samples, calib_seq_len=seq_len, **SCHEME_CONFIGS[scheme])
+    config = QuantConfig(calib_samples=samples, calib_seq_len=seq_len, seed=seed, **SCHEME_CONFIGS[scheme])
     t0 = time.perf_counter()
     result = quantize_model(model, config, out_dir, overwrite=True)
     wall = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "scheme": scheme, "wall_s": wall, "quantize_s": result.timings.get("quantize"), "peak_rss_mb": peak_mb,
+        "scheme": scheme, "calib_samples": samples, "seed": seed, "wall_s": wall,
+        "quantize_s": result.timings.get("quantize"), "peak_rss_mb": peak_mb,
         "group_size": result.group_size, "linear_ratio_vs_fp16": result.linear_ratio,
         "checkpoint_mb": result.checkpoint_bytes / 2**20, "heldout_ppl": heldout_perplexity(out_dir),
     }
@@ -51,11 +64,11 @@ def baseline(model: str) -> dict:
     return {"scheme": "fp32", "checkpoint_mb": dir_bytes(path) / 2**20, "heldout_ppl": heldout_perplexity(path)}
 
 
-def run_scheme_subprocess(model: str, scheme: str, out_dir: str, samples: int, seq_len: int) -> dict:
+def run_scheme_subprocess(model: str, scheme: str, out_dir: str, samples: int, seq_len: int, seed: int = 0) -> dict:
     from _worker import run_worker
 
     return run_worker(__file__, [scheme, "--model", model, "--out", out_dir, "--samples", str(samples),
-                                 "--seq-len", str(seq_len)], scheme)
+                                 "--seq-len", str(seq_len), "--seed", str(seed)], f"{scheme} (seed {seed})")
 
 
 def render(records: list[dict]) -> None:
@@ -83,11 +96,20 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--json", dest="json_path")
+    ap.add_argument("--calib-spread", action="store_true", help="AWQ's held-out perplexity over seeds x sample counts")
+    ap.add_argument("--spread-samples", default="16,64,128")
+    ap.add_argument("--spread-seeds", default="0,1,2")
     ap.add_argument("--worker")
     ap.add_argument("--out")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.model, args.worker, args.out, args.samples, args.seq_len)))
+        print(json.dumps(worker(args.model, args.worker, args.out, args.samples, args.seq_len, args.seed)))
+        return
+    if args.calib_spread:
+        from _calib_spread import main_spread
+
+        main_spread(args, run_scheme_subprocess)
         return
     records = [baseline(args.model)]
     with tempfile.TemporaryDirectory(prefix="qfid-bench-") as tmp:
