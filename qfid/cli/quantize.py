@@ -21,9 +21,7 @@ Examples:
 
   qfid quantize ./Llama-3.1-70B --scheme awq-int4 --device cuda -o out/l70
 
-Decoder blocks stream from the checkpoint's shards one at a time, so RAM (or GPU memory)
-holds about one block plus the calibration activations, whatever the model's depth. An
-interrupted run resumes at the next unfinished block when run again with the same arguments.
+Decoder blocks stream from the checkpoint's shards one at a time, so RAM (or GPU memory) holds about one block plus the calibration activations, whatever the model's depth. An interrupted run resumes at the next unfinished block when run again with the same arguments.
 """
 
 
