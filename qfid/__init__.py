@@ -1,6 +1,25 @@
 """qfid: quantize LLMs and prove, on your own domain, that the quantized model still works.
 
 Heavy modules (torch, transformers) are imported lazily so `qfid --help` stays fast.
+
+Layering: imports go down only. A module imports its own package and the layers below it,
+never a package beside it or above it, at module level or inside a function. Top to bottom
+(tests/unit/test_layering.py reads this block; its exceptions, each with its reason, are
+listed there):
+
+    testing: tiny random checkpoints for tests and benchmarks; nothing in qfid imports it
+    qfid: this facade (load, quantize, LLM); any module may read qfid.__version__
+    cli: one module per command (parse, call the library, render)
+    demo: the bundled walk-through that `qfid demo` runs
+    evals: suites, backends, runs, compare, gate, reports
+    engine: the paged continuous-batching runtime
+    quant, layers: quantizers, checkpoint formats and quantized modules; the runtime's layers
+    kernels: dispatch and the CPU / Triton / CUDA backends
+    models, layouts: checkpoint loading and mappings; reference quantizers and packed INT4 layouts
+    config: validated configuration dataclasses
+    utils: file and safetensors helpers
+    paths: where qfid keeps caches and kernel sources
+    errors: QfidError
 """
 from __future__ import annotations
 

@@ -26,7 +26,6 @@ class QuantConfig:
     scheme: str = "awq-int4"
     group_size: int | None = None
     format: str | None = None
-    zero_point: bool = True
     fp8_weights: str = "channel"
     fp8_activations: str = "dynamic"
     calib: str | None = None

@@ -69,19 +69,3 @@ class Item:
         """Parallel items across languages share it: `mlg-0042-zh` -> `mlg-0042`."""
         suffix = f"-{self.lang}"
         return self.id[: -len(suffix)] if self.id.endswith(suffix) else self.id
-
-    @property
-    def gold_choice(self) -> str | None:
-        return None if self.choices is None else self.choices[self.label]
-
-
-def item_to_dict(item: Item) -> dict:
-    """The JSONL form, optional keys left out when empty so committed files stay small."""
-    data = {"id": item.id, "category": item.category, "lang": item.lang, "fields": item.fields, "answer": item.answer}
-    if item.choices is not None:
-        data["choices"] = list(item.choices)
-        data["label"] = item.label
-    if item.difficulty is not None:
-        data["difficulty"] = item.difficulty
-    return data
-

@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qfid.errors import QfidError
+from qfid.evals.record import record_fields
 from qfid.evals.store import RunStore
 
-KEY = ["suite", "id"]
-SHARED_FIELDS = ["base_id", "category", "lang", "scorer", "gold"]
-PER_RUN_FIELDS = ["correct", "choice_logprobs", "answer_logprob", "answer_tokens", "topk_ids", "topk_logprobs", "expert_ids", "expert_k"]
+# What compare needs of each run's EvalRecords, named against the record (a typo fails on import).
+KEY = record_fields("suite", "id")
+SHARED_FIELDS = record_fields("base_id", "category", "lang", "scorer", "gold")
+PER_RUN_FIELDS = record_fields("correct", "choice_logprobs", "answer_logprob", "answer_tokens", "topk_ids", "topk_logprobs",
+                               "expert_ids", "expert_k")
 
 
 @dataclass(frozen=True)

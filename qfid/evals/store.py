@@ -4,6 +4,11 @@ Records are appended as parquet parts (`records/part-00000.parquet`, one per fin
 batch, each written to a temp name and renamed), so an interrupted run resumes without
 redoing finished items; `finish` merges them into `records.parquet`. The manifest's
 `identity` (model, backend, activation dtype, suites, limit, seed, prompt style) must match to resume.
+
+Records are `EvalRecord`s (record.py); the manifest's `record_format` says which layout the
+files hold. A run written before the format had a number (format 1) still reads, compares
+and resumes (resuming rewrites its records in today's format first); a file of the current
+format with a field more or less is refused with one line naming it.
 """
 from __future__ import annotations
 
@@ -13,28 +18,12 @@ import shutil
 from pathlib import Path
 
 from qfid.errors import QfidError
+from qfid.evals.record import FIELD_NAMES, RECORD_FORMAT, EvalRecord, check_fields, record_fields, record_schema
 from qfid.utils.fs import atomic_write_text
 
-RECORD_FIELDS = {
-    "suite": "string", "id": "string", "base_id": "string", "category": "string", "lang": "string", "difficulty": "int32",
-    "scorer": "string", "prompt": "string", "prediction": "string", "extracted": "string", "correct": "bool", "gold": "string",
-    "pred_index": "int32", "choice_logprobs": "list<double>", "answer_logprob": "double", "answer_tokens": "int32",
-    "answer_greedy": "bool", "topk_ids": "list<list<int32>>", "topk_logprobs": "list<list<float>>",
-    "correct_norm": "bool",  # choice suites: lm-eval's acc_norm per item; added later, so last
-    # MoE models: per MoE layer the top-k expert ids of every token of the gold request, token
-    # after token (k = expert_k ids each, router order); null for dense models (evaluate.py)
-    "expert_ids": "list<list<int16>>", "expert_k": "int32",
-}
-
-
-def record_schema():
-    import pyarrow as pa
-
-    types = {"string": pa.string(), "int32": pa.int32(), "bool": pa.bool_(), "double": pa.float64(),
-             "list<double>": pa.list_(pa.float64()), "list<list<int32>>": pa.list_(pa.list_(pa.int32())),
-             "list<list<int16>>": pa.list_(pa.list_(pa.int16())),
-             "list<list<float>>": pa.list_(pa.list_(pa.float32()))}
-    return pa.schema([(name, types[kind]) for name, kind in RECORD_FIELDS.items()])
+# Format 1 (a run whose manifest has no `record_format`) had today's fields except those
+# added during its life, which its older files lack: read as null.
+V1_ADDED_LATER = ("correct_norm", "expert_ids", "expert_k")
 
 
 class RunStore:
@@ -54,10 +43,12 @@ class RunStore:
                 raise QfidError(f"run {self.path} exists with other settings ({_difference(existing.get('identity', {}), manifest['identity'])}); "
                                 "use another --name or pass --overwrite")
             manifest = {**manifest, "started": existing.get("started", manifest.get("started"))}
+            if _format_of(existing) != RECORD_FORMAT:
+                self._upgrade()
         elif self.path.exists() and overwrite:
             shutil.rmtree(self.path)
         self.parts.mkdir(parents=True, exist_ok=True)
-        self.write_manifest({**manifest, "status": "running"})
+        self.write_manifest({**manifest, "record_format": RECORD_FORMAT, "status": "running"})
 
     def manifest(self) -> dict:
         return json.loads(self.manifest_file.read_text(encoding="utf-8"))
@@ -69,51 +60,100 @@ class RunStore:
         frame = self.records(columns=["suite", "id"])
         return set(zip(frame["suite"], frame["id"])) if len(frame) else set()
 
-    def append(self, records: list[dict]) -> None:
+    def append(self, records: list[EvalRecord]) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if not records:
             return
-        table = pa.Table.from_pylist([{k: r.get(k) for k in RECORD_FIELDS} for r in records], schema=record_schema())
+        for record in records:
+            if not isinstance(record, EvalRecord):
+                raise QfidError(f"run {self.path}: a record must be an EvalRecord; got {type(record).__name__}")
         index = len(list(self.parts.glob("part-*.parquet")))
-        tmp = self.parts / f".part-{index:05d}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.parts / f"part-{index:05d}.parquet")
+        _write(pa.Table.from_pylist([r.to_dict() for r in records], schema=record_schema()),
+               self.parts / f"part-{index:05d}.parquet")
 
     def records(self, columns: list[str] | None = None):
         """Every record so far (merged file and pending parts) as a DataFrame."""
         import pandas as pd
         import pyarrow as pa
 
-        files = ([self.records_file] if self.records_file.is_file() else []) + sorted(self.parts.glob("part-*.parquet"))
+        if columns is not None:
+            record_fields(*columns)
+        files = self._files()
         if not files:
-            return pd.DataFrame(columns=columns or list(RECORD_FIELDS))
-        return pa.concat_tables([_read_records(f, columns) for f in files]).to_pandas()
+            return pd.DataFrame(columns=columns or list(FIELD_NAMES))
+        read = _read_v1 if self.record_format() == 1 else _read_current
+        return pa.concat_tables([read(f, columns) for f in files]).to_pandas()
+
+    def record_format(self) -> int:
+        """The format the run's files hold (1 for runs written before formats had numbers)."""
+        return _format_of(self.manifest()) if self.manifest_file.is_file() else RECORD_FORMAT
+
+    def _files(self) -> list[Path]:
+        return ([self.records_file] if self.records_file.is_file() else []) + sorted(self.parts.glob("part-*.parquet"))
+
+    def _upgrade(self) -> None:
+        """Rewrite an older run's records (merged file and parts) as one file of today's format."""
+        import pyarrow as pa
+
+        frame = self.records()
+        files = self._files()
+        _write(pa.Table.from_pandas(frame, schema=record_schema(), preserve_index=False), self.records_file)
+        for part in files:
+            if part != self.records_file:
+                part.unlink()
 
     def finish(self, results: dict, finished: str) -> None:
         """Merge the parts into records.parquet and mark the run complete."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        table = pa.Table.from_pandas(self.records(), schema=record_schema(), preserve_index=False)
-        tmp = self.path / ".records.parquet.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.records_file)
+        _write(pa.Table.from_pandas(self.records(), schema=record_schema(), preserve_index=False), self.records_file)
         shutil.rmtree(self.parts, ignore_errors=True)
         self.write_manifest({**self.manifest(), "status": "complete", "finished": finished, "results": results})
 
 
-def _read_records(path: Path, columns: list[str] | None):
-    """One records file in today's schema: a run written before a field was added (say
-    `correct_norm`) still reads, resumes and merges, with that field null."""
+def _format_of(manifest: dict) -> int:
+    version = manifest.get("record_format", 1)
+    if version not in (1, RECORD_FORMAT):
+        raise QfidError(f"run {manifest.get('name')!r} holds records in format {version!r}; this qfid reads formats 1 and {RECORD_FORMAT}")
+    return version
+
+
+def _write(table, target: Path) -> None:
+    """Write to a temp name and rename, so a reader never sees half a file."""
+    import pyarrow.parquet as pq
+
+    tmp = target.with_name(f".{target.stem}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, target)
+
+
+def _read_current(path: Path, columns: list[str] | None):
+    """A file of today's format: exactly the record's fields, or one line naming the odd one."""
+    import pyarrow.parquet as pq
+
+    where = f"records file {path}"
+    stored = pq.read_schema(path)
+    check_fields(stored.names, where)
+    for want in record_schema():
+        if stored.field(want.name).type != want.type:
+            raise QfidError(f"{where}: field {want.name!r} holds {stored.field(want.name).type}, not {want.type}")
+    return pq.read_table(path, columns=columns or list(FIELD_NAMES))
+
+
+def _read_v1(path: Path, columns: list[str] | None):
+    """A format-1 file in today's schema: a file written before a field was added (say
+    `correct_norm`) reads with that field null; any other difference is refused."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    present = pq.read_schema(path).names
+    check_fields(present + [name for name in V1_ADDED_LATER if name not in present], f"format-1 records file {path}")
     schema = record_schema()
-    wanted = columns or schema.names
-    table = pq.read_table(path, columns=[c for c in wanted if c in pq.read_schema(path).names])
-    return pa.table({c: table[c] if c in table.column_names else pa.nulls(len(table), schema.field(c).type) for c in wanted})
+    wanted = columns or list(FIELD_NAMES)
+    table = pq.read_table(path, columns=[c for c in wanted if c in present])
+    return pa.table({c: (table[c].cast(schema.field(c).type) if c in table.column_names else pa.nulls(len(table), schema.field(c).type))
+                     for c in wanted})
 
 
 def _difference(old: dict, new: dict) -> str:

@@ -141,5 +141,5 @@ def test_chat_runs_generate_through_chat_completions_and_score_through_completio
         items = select_items(suite.items, 2, 0)
         served = evaluate_batch(backend, suite, items, TOP_K, backend.format_chat)
         local = evaluate_batch(engine_backend, suite, items, TOP_K, engine_backend.format_chat)
-        assert_same_records({r["id"]: r for r in served}, {r["id"]: r for r in local}, at_least=len(items))
+        assert_same_records({r.id: r.to_dict() for r in served}, {r.id: r.to_dict() for r in local}, at_least=len(items))
     assert "/chat/completions" in routes and "/completions" in routes

@@ -14,21 +14,23 @@ from scipy.stats import binomtest
 
 from qfid.errors import QfidError
 from qfid.evals.compare import compare_runs
+from qfid.evals.record import FIELD_NAMES, EvalRecord
 from qfid.evals.stats import topk_kl
 from qfid.evals.store import RunStore
 from tests.cli_helpers import run_cli
 
 
 def record(suite: str, item_id: str, correct: bool | None, category: str = "general", lang: str = "en",
-           scorer: str = "exact", gold: str = "42", **fields) -> dict:
-    return {"suite": suite, "id": item_id, "base_id": item_id.rsplit("-", 1)[0], "category": category, "lang": lang,
-            "difficulty": 1, "scorer": scorer, "prompt": f"Q {item_id}", "prediction": "x", "extracted": "x",
-            "correct": correct, "gold": gold, **fields}
+           scorer: str = "exact", gold: str = "42", **fields) -> EvalRecord:
+    """A record with the fields a test names; the rest None (as a backend leaves what it lacks)."""
+    return EvalRecord.from_dict({**dict.fromkeys(FIELD_NAMES), "suite": suite, "id": item_id, "base_id": item_id.rsplit("-", 1)[0],
+                                 "category": category, "lang": lang, "difficulty": 1, "scorer": scorer, "prompt": f"Q {item_id}",
+                                 "prediction": "x", "extracted": "x", "correct": correct, "gold": gold, **fields})
 
 
 def write_run(runs_dir, name: str, records: list[dict], versions: dict | None = None, complete: bool = True):
     store = RunStore(runs_dir, name)
-    suites = versions or {r["suite"]: 1 for r in records}
+    suites = versions or {r.suite: 1 for r in records}
     store.open({"name": name, "identity": {"model": f"model-{name}", "suites": suites}, "model": {"backend": "test"}}, overwrite=True)
     store.append(records)
     if complete:
@@ -143,6 +145,9 @@ def test_a_run_written_before_correct_norm_still_resumes_and_compares(tmp_path):
     path = write_run(tmp_path, "old", [record("mc", "mc-1", True, scorer="choice")])
     old_file = path / "records.parquet"
     pq.write_table(pq.read_table(old_file).drop_columns(["correct_norm"]), old_file)  # the schema before the field
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["record_format"]  # ... written before record formats had numbers (format 1)
+    (path / "manifest.json").write_text(json.dumps(manifest))
     store = RunStore(tmp_path, "old")
     store.open(store.manifest())  # resume it
     store.append([record("mc", "mc-2", False, scorer="choice", correct_norm=True)])
