@@ -140,7 +140,7 @@ class _Streams:
         out.update({f"calib.{k}": b.hidden for k, b in enumerate(self.calib or [])})
         return out
 
-    def restore(self, saved: dict[str, torch.Tensor], device: torch.device) -> None:
+    def restore(self, saved: dict[str, torch.Tensor]) -> None:
         for label in ("calib", "drift_fp", "drift_q"):
             for k, batch in enumerate(getattr(self, label) or []):
                 batch.hidden = saved[f"{label}.{k}"].to(batch.hidden.device)
@@ -227,7 +227,7 @@ class _Run:
             if i < self.partial.state["blocks_done"]:
                 continue
             if i == self.partial.state["blocks_done"] and i > 0:
-                streams.restore(self.partial.load_tensors("streams"), self.device)
+                streams.restore(self.partial.load_tensors("streams"))
             t0 = time.perf_counter()
             with self.watch("blocks"):
                 self._block(i, streams)
