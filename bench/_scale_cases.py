@@ -81,6 +81,15 @@ def child_env(root: Path) -> dict[str, str]:
                 TOKENIZERS_PARALLELISM="false")
 
 
+def tree_state(root: Path) -> dict:
+    """The commit a code root is at and whether its tracked files differ from it (the new
+    code is this working tree, which may hold uncommitted work)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True).stdout.strip()
+
+    return {"root": str(root), "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno"))}
+
+
 def code_root(code: str) -> Path:
     return REPO if code == "new" else ensure_prechange_worktree()
 
