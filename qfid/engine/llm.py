@@ -8,7 +8,8 @@ from pathlib import Path
 from qfid.engine.config import EngineConfig
 from qfid.engine.detokenizer import TextDeltas
 from qfid.engine.llm_engine import LLMEngine
-from qfid.engine.loader import eos_token_ids, load_model_and_tokenizer, release_freed_memory, set_num_threads
+from qfid.engine.loader import eos_token_ids, load_model_and_tokenizer, set_num_threads
+from qfid.utils.memory import release_freed_memory
 from qfid.engine.outputs import RequestOutput
 from qfid.engine.sampling import SamplingParams
 from qfid.errors import QfidError

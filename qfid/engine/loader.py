@@ -29,27 +29,6 @@ def load_model_and_tokenizer(model_path_or_name: str | Path, dtype: str):
     return model, load_tokenizer(model_dir), model_dir
 
 
-def release_freed_memory() -> None:
-    """Hand memory freed while building the runtime model back to the OS.
-
-    Building replaces the loaded weights with fused or packed copies; glibc keeps the freed
-    originals (hundreds of MB for a 135M model, as its mmap threshold rises after large
-    frees) in its heap, where they would count in the server's RSS for its whole life.
-    `malloc_trim` returns them. A no-op where glibc is absent."""
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    libc_name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(libc_name).malloc_trim if libc_name else None
-    except (OSError, AttributeError):
-        trim = None
-    if trim is not None:
-        trim(0)
-
-
 def eos_token_ids(model, tokenizer) -> frozenset[int]:
     """EOS ids from the generation config (what `generate` stops at) and the tokenizer."""
     ids = set()

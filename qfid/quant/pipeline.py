@@ -39,6 +39,7 @@ from qfid.layouts.primitives import default_group_size
 from qfid.quant.schemes import SCHEMES, BlockJob, BlockOutcome
 from qfid.quant.writer import MAX_SHARD_BYTES, CheckpointWriter, write_side_files
 from qfid.utils.fs import atomic_write_text
+from qfid.utils.memory import release_freed_memory
 
 DRIFT_SAMPLES = 4
 
@@ -292,6 +293,9 @@ class _Run:
         streams.drift_q, _ = run_block(block, streams.drift_q, {})
         streams.calib = outcome.calib_out if streams.calib is not None else None
         self.shell.release_block(i)
+        del block, job
+        outcome.quantized = {}   # the written tensors: nothing holds them any more
+        release_freed_memory()
         if outcome.artifact:
             self.partial.save_tensors(f"artifact-{i:05d}", outcome.artifact)
         self.partial.save_tensors("streams", streams.tensors())
