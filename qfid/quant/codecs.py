@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from qfid.errors import QfidError
-from qfid.quant.hf_quant_config import awq_config, ct_fp8_config, ct_int4_config
+from qfid.quant.hf_quant_config import awq_config, ct_config, ct_fp8_group, ct_int4_group
 from qfid.layouts.packing import pack_awq_gemm, pack_ct_int4
 from qfid.layouts.primitives import FP8_DTYPE, Fp8Weight, Int4Weight
 from qfid.utils.safetensors_stream import TensorSpec
@@ -48,10 +48,8 @@ class Int4Codec:
                           torch.empty(groups, device="meta"), torch.empty(groups, dtype=torch.uint8, device="meta"),
                           plan.group_size)
 
-    def quantization_config(self, plans: list[LinearPlan], not_converted: list[str]) -> dict:
-        group_size = _one({p.group_size for p in plans}, "group sizes")
-        fmt = _one({p.format for p in plans}, "formats")
-        return awq_config(group_size, not_converted) if fmt == "autoawq" else ct_int4_config(group_size, not_converted)
+    def ct_group(self, plan: LinearPlan, targets: list[str] | None) -> dict:
+        return ct_int4_group(plan.group_size, targets)
 
     def runtime_module(self, weight: Int4Weight, bias: torch.Tensor | None) -> nn.Module:
         from qfid.quant.linear import Int4Linear
@@ -75,10 +73,8 @@ class Fp8Codec:
         return Fp8Weight(torch.empty(shape, dtype=FP8_DTYPE, device="meta"), scale,
                          torch.empty(1, device="meta") if plan.static else None)
 
-    def quantization_config(self, plans: list[LinearPlan], not_converted: list[str]) -> dict:
-        per_channel = _one({p.per_channel for p in plans}, "FP8 weight granularities")
-        static = _one({p.static for p in plans}, "FP8 activation modes (static and dynamic)")
-        return ct_fp8_config(per_channel, static, not_converted)
+    def ct_group(self, plan: LinearPlan, targets: list[str] | None) -> dict:
+        return ct_fp8_group(plan.per_channel, plan.static, targets)
 
     def runtime_module(self, weight: Fp8Weight, bias: torch.Tensor | None) -> nn.Module:
         from qfid.quant.linear import Fp8Linear
@@ -108,13 +104,18 @@ def packed_specs(name: str, shape: tuple[int, int], plan: LinearPlan) -> list[Te
     return [TensorSpec.of(n, t) for n, t in tensors.items()]
 
 
-def quantization_config(plans: list[LinearPlan], not_converted: list[str]) -> dict:
-    """config.json's `quantization_config` for a checkpoint whose Linears follow `plans`."""
-    codec = _one({p.codec for p in plans}, "weight kinds (INT4 and FP8)")
-    return CODECS[codec].quantization_config(plans, not_converted)
-
-
-def _one(values: set, what: str):
-    if len(values) != 1:
-        raise QfidError(f"one checkpoint holds one scheme; the quantized layers mix {what}: {sorted(values)}")
-    return values.pop()
+def quantization_config(plans: dict[str, LinearPlan], not_converted: list[str]) -> dict:
+    """config.json's `quantization_config` for a checkpoint whose Linears (by checkpoint
+    name) follow `plans`. One scheme: AutoAWQ's entry, or one compressed-tensors group
+    targeting every Linear. Several (sensitive layers kept in FP8 inside an INT4 model):
+    compressed-tensors only, one group per scheme targeting its layers by name."""
+    distinct = sorted(set(plans.values()), key=repr)
+    if len(distinct) == 1 and distinct[0].format == "autoawq":
+        return awq_config(distinct[0].group_size, not_converted)
+    if any(p.format == "autoawq" for p in distinct):
+        raise QfidError("the AutoAWQ format holds one INT4 scheme; keep layers in another scheme with "
+                        "--format compressed-tensors")
+    if len(distinct) == 1:
+        return ct_config([CODECS[distinct[0].codec].ct_group(distinct[0], None)], not_converted)
+    groups = [CODECS[p.codec].ct_group(p, sorted(n for n, q in plans.items() if q == p)) for p in distinct]
+    return ct_config(groups, not_converted)

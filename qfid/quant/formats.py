@@ -71,7 +71,7 @@ def save_checkpoint(out_dir: str | Path, model: nn.Module, tokenizer, quantized:
                 writer.write_dense(name, source.read([name])[name])
         writer.close()
         not_converted = unquantized_linears(model, source.names, quantized.keys(), config.ignore)
-        write_side_files(tmp, scratch, tokenizer, quantization_config(list(writer.plans.values()), not_converted))
+        write_side_files(tmp, scratch, tokenizer, quantization_config(writer.plans, not_converted))
         shutil.rmtree(scratch)
         write_meta(tmp, config, meta)
     return Path(out_dir)
@@ -81,6 +81,8 @@ def _check_kinds(quantized: dict, config: QuantConfig) -> None:
     if not quantized:
         raise QfidError("nothing to save: no layer was quantized")
     expected = CODECS[SCHEMES[config.scheme].codec].weight_type
+    if config.format == "compressed-tensors":   # holds any codec's layers, several at once
+        return
     wrong = sorted(name for name, w in quantized.items() if not isinstance(w, expected))
     if wrong:
         raise QfidError(f"scheme {config.scheme} saves {expected.__name__} layers, but {wrong[0]} is "

@@ -18,6 +18,7 @@ CT_METHOD = "compressed-tensors"
 CT_KNOWN_GOOD_VERSION = "0.20.1"
 CT_PACK_QUANTIZED = "pack-quantized"
 CT_FLOAT_QUANTIZED = "float-quantized"
+CT_MIXED = "mixed-precision"
 CT_TARGETS = ["Linear"]
 
 
@@ -39,13 +40,13 @@ def _args(num_bits: int, kind: str, strategy: str, symmetric: bool, dynamic: boo
             "strategy": strategy, "symmetric": symmetric, "type": kind}
 
 
-def ct_int4_config(group_size: int, ignore: list[str]) -> dict:
+def ct_int4_group(group_size: int, targets: list[str] | None = None) -> dict:
     """W4A16, asymmetric, group-wise: llm-compressor's `W4A16_ASYM` with our group size."""
     weights = _args(4, "int", "group", symmetric=False, dynamic=False, group_size=group_size)
-    return _ct_config(CT_PACK_QUANTIZED, weights, None, ignore)
+    return _ct_group(CT_PACK_QUANTIZED, weights, None, targets)
 
 
-def ct_fp8_config(per_channel: bool, static_activations: bool, ignore: list[str]) -> dict:
+def ct_fp8_group(per_channel: bool, static_activations: bool, targets: list[str] | None = None) -> dict:
     """FP8 weights (per channel or per tensor) with FP8 activations: static per-tensor
     (`input_scale` in the checkpoint) or dynamic per-token."""
     weights = _args(8, "float", "channel" if per_channel else "tensor", symmetric=True, dynamic=False)
@@ -53,15 +54,31 @@ def ct_fp8_config(per_channel: bool, static_activations: bool, ignore: list[str]
         acts = _args(8, "float", "tensor", symmetric=True, dynamic=False)
     else:
         acts = _args(8, "float", "token", symmetric=True, dynamic=True)
-    return _ct_config(CT_FLOAT_QUANTIZED, weights, acts, ignore)
+    return _ct_group(CT_FLOAT_QUANTIZED, weights, acts, targets)
 
 
-def _ct_config(fmt: str, weights: dict, input_activations: dict | None, ignore: list[str]) -> dict:
-    group = {"format": fmt, "input_activations": input_activations, "output_activations": None,
-             "targets": list(CT_TARGETS), "weights": weights}
+def ct_int4_config(group_size: int, ignore: list[str]) -> dict:
+    return ct_config([ct_int4_group(group_size)], ignore)
+
+
+def ct_fp8_config(per_channel: bool, static_activations: bool, ignore: list[str]) -> dict:
+    return ct_config([ct_fp8_group(per_channel, static_activations)], ignore)
+
+
+def _ct_group(fmt: str, weights: dict, input_activations: dict | None, targets: list[str] | None) -> dict:
+    """One config group; `targets` None means every Linear (one scheme for the model),
+    else the exact module names it covers (several schemes in one checkpoint)."""
+    return {"format": fmt, "input_activations": input_activations, "output_activations": None,
+            "targets": list(CT_TARGETS) if targets is None else list(targets), "weights": weights}
+
+
+def ct_config(groups: list[dict], ignore: list[str]) -> dict:
+    """The whole compressed-tensors entry: one group per scheme; a checkpoint whose groups
+    use different formats is "mixed-precision", as the library marks it."""
+    formats = {g["format"] for g in groups}
     return {
-        "config_groups": {"group_0": group},
-        "format": fmt,
+        "config_groups": {f"group_{i}": g for i, g in enumerate(groups)},
+        "format": formats.pop() if len(formats) == 1 else CT_MIXED,
         "global_compression_ratio": None,
         "ignore": ignore,
         "kv_cache_scheme": None,

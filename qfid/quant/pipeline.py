@@ -331,7 +331,7 @@ class _Run:
         self.writer.close()
         tmp = self.partial.path
         not_converted = unquantized_linears(self.shell.model, self.source.names, self.plans.keys(), self.config.ignore)
-        write_side_files(tmp, self.model_dir, self.tokenizer, quantization_config(list(self.plans.values()), not_converted))
+        write_side_files(tmp, self.model_dir, self.tokenizer, quantization_config(self.plans, not_converted))
         self.fallbacks = dict(self.partial.state["notes"])
         artifact = {}
         for i in range(len(self.shell.blocks)):

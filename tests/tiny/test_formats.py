@@ -470,3 +470,46 @@ def test_sharded_checkpoint_round_trips(checkpoints, tiny_llama_dir, tmp_path, m
     with torch.no_grad():
         sharded_logits = load_quantized_or_dense(path)(IDS).logits
         assert torch.equal(sharded_logits, saved.loaded()(IDS).logits)
+
+
+def test_mixed_scheme_checkpoint_round_trips(tiny_llama_dir, tmp_path):
+    """Sensitive layers kept in FP8 inside an INT4 model (the sweep's `+keep:N`): one
+    compressed-tensors group per scheme, targeting its layers by name. qfid's loader and
+    the compressed-tensors library both decode every layer to the primitives' weights."""
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.config import CompressionFormat
+    from compressed_tensors.quantization import QuantizationConfig
+
+    model, tokenizer = load_dense_model(tiny_llama_dir)
+    refs = model_linears(model, model_arch(read_config(tiny_llama_dir)))
+    kept = {name for name in refs if name.endswith(("mlp.down_proj", "self_attn.o_proj")) and ".layers.1." in name}
+    quantized = {name: fp8_quantize(ref.get()) if name in kept else int4_quantize(ref.get(), GROUP)
+                 for name, ref in refs.items()}
+    path = save_checkpoint(tmp_path / "mixed", model, tokenizer, quantized,
+                           QuantConfig(scheme="rtn-int4", format="compressed-tensors", group_size=GROUP), {})
+    qc = read_config(path)["quantization_config"]
+    assert qc["format"] == "mixed-precision" and len(qc["config_groups"]) == 2
+    targets = {g["format"]: set(g["targets"]) for g in qc["config_groups"].values()}
+    assert targets == {"float-quantized": kept, "pack-quantized": set(refs) - kept}
+    loaded = load_quantized_or_dense(path)
+    library = QuantizationConfig.model_validate(qc)
+    modules = checkpoint_modules(path)
+    for name, w in quantized.items():
+        expected = as_stored(w).dequantize() if isinstance(w, Int4Weight) else w.dequantize()
+        assert torch.equal(loaded_weight(loaded, name), expected), name
+        scheme = next(s for s in library.config_groups.values() if name in s.targets)
+        compressor = BaseCompressor.get_value_from_registry(CompressionFormat(scheme.format).value)
+        tensors = {**modules[name], "weight_scale": modules[name]["weight_scale"].float()}
+        assert torch.equal(compressor.decompress(tensors, scheme)["weight"], expected), name
+    with pytest.raises(QfidError, match="saves Int4Weight layers"):   # AutoAWQ holds INT4 only
+        save_checkpoint(tmp_path / "awq-mixed", model, tokenizer, quantized,
+                        QuantConfig(scheme="rtn-int4", format="autoawq", group_size=GROUP), {})
+
+
+def test_autoawq_refuses_two_int4_schemes():
+    from qfid.quant.codecs import LinearPlan, quantization_config
+
+    plans = {"a": LinearPlan("int4", "autoawq", group_size=64), "b": LinearPlan("int4", "autoawq", group_size=32)}
+    with pytest.raises(QfidError, match="AutoAWQ format holds one INT4 scheme"):
+        quantization_config(plans, [])
