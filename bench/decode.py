@@ -22,7 +22,7 @@ ACTIVATION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "awq-int4": "bfloat1
 
 
 def worker(model: str, scheme: str, batch: int, context: int, steps: int) -> dict:
-    from qfid.engine.bench import resolve_model
+    from qfid.bench.harness import resolve_model
     from qfid.engine.llm import LLM
     from qfid.engine.sampling import SamplingParams
 

@@ -11,9 +11,11 @@ listed there):
     qfid: this facade (load, quantize, LLM); any module may read qfid.__version__
     cli: one module per command (parse, call the library, render)
     demo: the bundled walk-through that `qfid demo` runs
+    bench: the benchmark harness `qfid bench` and bench/*.py share (workloads, HF engines, traces)
     evals: suites, backends, runs, compare, gate, reports
     engine: the paged continuous-batching runtime
     quant, layers: quantizers, checkpoint formats and quantized modules; the runtime's layers
+        (attention backends, norms, RoPE, MLPs, MoE, the Llama-family forward)
     kernels: dispatch and the CPU / Triton / CUDA backends
     models, layouts: checkpoint loading and mappings; reference quantizers and packed INT4 layouts
     config: validated configuration dataclasses

@@ -1,4 +1,4 @@
-"""`qfid bench`: options -> workload + BenchSpec -> engine.bench.run_all -> a rich table and
+"""`qfid bench`: options -> workload + BenchSpec -> bench.harness.run_all -> a rich table and
 optionally a JSON list of records, one per engine."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qfid.cli.options import MODEL_ARG
+from qfid.cli.options import DEVICE_OPT, MODEL_ARG
 
 HELP = """Replay one workload against the qfid engine and HF transformers, side by side.
 
@@ -29,7 +29,7 @@ Examples:
 
 def bench_command(
     model: str = MODEL_ARG,
-    scheme: str = typer.Option("fp32", "--scheme", help="fp32 | bf16 | awq-int4 | fp8 (quantized once into the cache)."),
+    scheme: str = typer.Option("as-is", "--scheme", help="as-is (the model as given) | fp32 | bf16 | awq-int4 | fp8 (quantized once into the cache)."),
     workload: str = typer.Option("bursty", "--workload", help="bursty (all at t=0) | uniform (Poisson arrivals at --rate)."),
     requests: int = typer.Option(64, "--requests", "-n", help="Number of requests."),
     prompt_len: str = typer.Option("32-256", "--prompt-len", help="Prompt length range in tokens, LOW-HIGH."),
@@ -39,22 +39,23 @@ def bench_command(
     prompt_source: str = typer.Option("text", "--prompt-source", help="text (bundled prose) | random (vocab ids)."),
     engines: str = typer.Option("qfid,hf-static,hf-cb", "--engines", help="Comma-separated engines to run."),
     hf_batch: int = typer.Option(16, "--hf-batch", help="Batch size of hf-static."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="Activation dtype (default: from --scheme)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16 (default: fp32 / bf16 for those schemes, else auto)."),
+    device: str = DEVICE_OPT,
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads in every engine."),
     kv_cache_gb: float = typer.Option(1.0, "--kv-cache-gb", help="KV-cache budget (qfid and hf-cb)."),
     max_num_batched_tokens: int = typer.Option(2048, "--max-batched-tokens", help="Token budget of one step (qfid and hf-cb)."),
     isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="One process per engine (clean peak RSS)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the records (one per engine) to this file."),
 ) -> None:
-    from qfid.engine.bench import BenchSpec, resolve_model, run_all
-    from qfid.engine.workload import make_workload, parse_range
+    from qfid.bench.harness import BenchSpec, resolve_model, run_all
+    from qfid.bench.workload import make_workload, parse_range
     from qfid.quant.formats import load_tokenizer
 
     model_dir, scheme_dtype = resolve_model(model, scheme)
     tokenizer = load_tokenizer(model_dir)
     draws = make_workload(tokenizer, requests, parse_range(prompt_len, "--prompt-len"),
                           parse_range(output_len, "--output-len"), seed, workload, rate, prompt_source)
-    spec = BenchSpec(str(model_dir), dtype or scheme_dtype, threads, hf_batch, kv_cache_gb, max_num_batched_tokens)
+    spec = BenchSpec(str(model_dir), dtype or scheme_dtype, device, threads, hf_batch, kv_cache_gb, max_num_batched_tokens)
     names = [name.strip() for name in engines.split(",") if name.strip()]
     results = run_all(names, spec, draws, isolate, progress=lambda name: typer.echo(f"running {name} ...", err=True))
     _print_table(results, f"{model} ({scheme}, {spec.dtype}), {workload}, {requests} requests, seed {seed}")

@@ -6,10 +6,8 @@ from typing import Optional
 
 import typer
 
-from qfid.cli.options import MODEL_ARG
+from qfid.cli.options import DEVICE_OPT, DTYPE_OPT, MODEL_ARG
 from qfid.errors import QfidError
-
-DTYPES = ("float32", "bfloat16", "float16")
 
 HELP = """Evaluate a model on eval suites and store the run (manifest.json + per-item records) for compare/gate.
 
@@ -43,7 +41,8 @@ def eval_command(
     concurrency: int = typer.Option(32, "--concurrency", help="openai backend: requests in flight."),
     max_retries: int = typer.Option(5, "--max-retries", help="openai backend: retries of a request on 429, 5xx, timeouts and dropped connections."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="openai backend: the model's tokenizer (folder or default model) for exact token-id prompts; default: the model argument when it is one."),
-    dtype: str = typer.Option("float32", "--dtype", help="Activation dtype of a local model (engine, hf): float32 | bfloat16 | float16."),
+    dtype: str = DTYPE_OPT,
+    device: str = DEVICE_OPT,
     top_k: int = typer.Option(10, "--top-k", help="Top-k next-token log-probs stored per answer token (for KL in compare); 0 to skip."),
     chat: bool = typer.Option(False, "--chat", help="Use the suite's chat prompt under the model's chat template."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Override the suites' generation length."),
@@ -65,7 +64,7 @@ def eval_command(
     if remote:
         backend_options |= _remote_options(model, base_url, concurrency, max_retries, tokenizer)
     else:
-        backend_options |= {"dtype": _dtype(dtype)}
+        backend_options |= {"dtype": _dtype(dtype), "device": device}
     runner_backend = make_backend(backend, model, **backend_options)
     store = RunStore(Path(runs_dir), name)
     store.open(build_manifest(name, runner_backend, suites, options), overwrite=overwrite)
@@ -92,8 +91,10 @@ def _remote_options(model: str, base_url: str | None, concurrency: int, max_retr
 
 
 def _dtype(name: str) -> str:
-    if name not in DTYPES:
-        raise QfidError(f"--dtype {name!r} is not one of {', '.join(DTYPES)}")
+    from qfid.models.placement import DTYPE_NAMES
+
+    if name not in DTYPE_NAMES:
+        raise QfidError(f"--dtype {name!r} is not one of {', '.join(DTYPE_NAMES)}")
     return name
 
 

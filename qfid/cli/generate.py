@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from qfid.cli.options import MODEL_ARG
+from qfid.cli.options import DEVICE_OPT, DTYPE_OPT, MODEL_ARG
 
 HELP = """Generate a completion for one prompt and stream it to the terminal.
 
@@ -33,7 +33,8 @@ def generate_command(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt as a user message with the chat template."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16."),
+    dtype: str = DTYPE_OPT,
+    device: str = DEVICE_OPT,
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
 ) -> None:
@@ -42,7 +43,7 @@ def generate_command(
 
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                             seed=seed, stop=stop or ())
-    llm = LLM(model, dtype=dtype, num_threads=threads, max_num_seqs=1)
+    llm = LLM(model, dtype=dtype, device=device, num_threads=threads, max_num_seqs=1)
     prompt_ids = llm.chat_prompt([{"role": "user", "content": prompt}]) if chat else prompt
     start = time.perf_counter()
     first_token_s, output = None, None

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from qfid.cli.options import MODEL_ARG
+from qfid.cli.options import DEVICE_OPT, DTYPE_OPT, MODEL_ARG
 from qfid.errors import QfidError
 
 HELP = """Serve a model (fp, or a qfid INT4 / FP8 checkpoint) over an OpenAI-compatible HTTP API.
@@ -34,9 +34,12 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 exposes the server to the network)."),
     port: int = typer.Option(8000, "--port", "-p", help="TCP port."),
     served_name: Optional[str] = typer.Option(None, "--served-name", help="Model name clients send (default: the folder or model name)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 (activations and KV cache)."),
-    kv_cache_gb: float = typer.Option(1.0, "--kv-cache-gb", help="Memory for the paged KV cache."),
+    dtype: str = DTYPE_OPT,
+    device: str = DEVICE_OPT,
+    kv_cache_gb: float = typer.Option(1.0, "--kv-cache-gb", help="Memory for the paged KV cache on a CPU."),
+    gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization", help="Share of GPU memory for the model, its largest step and the KV cache."),
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="Most sequences in one batch."),
+    enforce_eager: bool = typer.Option(False, "--enforce-eager", help="No CUDA graphs for decode steps."),
     max_num_batched_tokens: int = typer.Option(2048, "--max-batched-tokens", help="Token budget of one step (prefill is chunked to fit)."),
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Context limit (default: the model's)."),
     max_pending: int = typer.Option(1024, "--max-pending", help="Requests in flight before new ones get 429."),
@@ -51,6 +54,6 @@ def serve_command(
         raise QfidError(f"serving needs {exc.name}, a qfid dependency missing from this environment: "
                         "reinstall qfid (make install)") from None
     serve(model, host=host, port=port, served_name=served_name, max_pending=max_pending, api_key=api_key,
-          max_logprobs=max_logprobs, dtype=dtype,
+          max_logprobs=max_logprobs, dtype=dtype, device=device, gpu_memory_utilization=gpu_memory_utilization,
           kv_cache_gb=kv_cache_gb, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-          max_model_len=max_model_len, num_threads=threads)
+          max_model_len=max_model_len, num_threads=threads, enforce_eager=enforce_eager)

@@ -4,14 +4,18 @@ Sequences computing a single token (decodes) are laid out first, prefill chunks 
 attention can treat each group with one batched call. Everything per token (positions,
 cache slots, masks) is computed with tensor ops from per-sequence numbers; the only Python
 loop is over sequences, to read their token lists and block tables.
+
+Inputs are built on the host (pinned when the engine runs on a GPU) and copied to the
+engine's device once per step, without blocking (`BatchInputs.to`); the attention backend
+says which layout of decode and prefill rows it reads.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
-from qfid.engine.attention import AttentionMetadata, DecodeGroup, PrefillChunk
+from qfid.layers.attention import AttentionBackend, AttentionMetadata, DecodeGroup, PrefillChunk
 from qfid.engine.scheduler import ScheduledBatch
 from qfid.engine.sequence import Sequence
 
@@ -30,12 +34,35 @@ class BatchInputs:
     num_new: list[int]
     last_rows: list[int]
 
+    def to(self, device: torch.device) -> "BatchInputs":
+        """These inputs with every tensor copied to `device` (pinned host memory, copies that
+        do not block); the same object on the CPU."""
+        if device.type == "cpu":
+            return self
+        return replace(self, input_ids=stage(self.input_ids, device), positions=stage(self.positions, device),
+                       attention=_metadata_to(self.attention, device))
 
-def prepare_inputs(batch: ScheduledBatch, block_size: int, decode_kernel: bool = False,
-                   prefill_kernel: bool = False) -> BatchInputs:
-    """`decode_kernel`: lay decode rows out for the CPU paged-attention kernel (block tables
-    and lengths) instead of the torch path's length groups, and store K/V with its op.
-    `prefill_kernel`: lay prefill chunks out for the CPU prefill kernel likewise."""
+
+def stage(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """A host tensor on `device`: itself on the CPU, else through pinned memory without blocking."""
+    if tensor is None or device.type == "cpu":
+        return tensor
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+def _metadata_to(meta: AttentionMetadata, device: torch.device) -> AttentionMetadata:
+    moved = {f.name: stage(getattr(meta, f.name), device) for f in fields(meta)
+             if isinstance(getattr(meta, f.name), torch.Tensor)}
+    groups = [replace(g, blocks=stage(g.blocks, device), bias=stage(g.bias, device)) for g in meta.decode_groups]
+    chunks = [replace(c, blocks=stage(c.blocks, device), mask=stage(c.mask, device)) for c in meta.prefill_chunks]
+    return replace(meta, **moved, decode_groups=groups, prefill_chunks=chunks)
+
+
+def prepare_inputs(batch: ScheduledBatch, block_size: int, backend: AttentionBackend) -> BatchInputs:
+    """Host tensors for one step, decode and prefill rows laid out as `backend` reads them
+    (block tables and lengths for a kernel, length groups / SDPA chunks for torch)."""
     order = sorted(range(len(batch)), key=lambda i: _layout_key(batch, i))
     seqs = [batch.seqs[i] for i in order]
     num_new = [batch.num_new_tokens[i] for i in order]
@@ -50,12 +77,12 @@ def prepare_inputs(batch: ScheduledBatch, block_size: int, decode_kernel: bool =
     tables = _padded(seq.block_table for seq in seqs)
     slot_mapping = tables[seq_of_row, positions // block_size] * block_size + positions % block_size
     num_decode = sum(1 for n in num_new if n == 1)
-    meta = AttentionMetadata(slot_mapping=slot_mapping, num_decode_tokens=num_decode, kernel_store=decode_kernel)
+    meta = AttentionMetadata(slot_mapping=slot_mapping, num_decode_tokens=num_decode)
     if num_decode:
-        add = _add_decode_tables if decode_kernel else _add_decode
+        add = _add_decode_tables if backend.decode_tables else _add_decode
         add(meta, seqs[:num_decode], [start + 1 for start in starts[:num_decode]], block_size)
     if len(seqs) > num_decode:
-        add = _add_prefill_tables if prefill_kernel else _add_prefill
+        add = _add_prefill_tables if backend.prefill_tables else _add_prefill
         add(meta, seqs[num_decode:], starts[num_decode:], num_new[num_decode:], block_size)
     last_rows = (first_row + lens - 1).tolist()
     return BatchInputs(torch.tensor(tokens), positions, meta, order, seqs, starts, num_new, last_rows)

@@ -4,8 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qfid.errors import QfidError
-
-DTYPES = ("float32", "bfloat16", "float16")
+from qfid.models.placement import DTYPE_NAMES
 
 
 @dataclass(slots=True)
@@ -14,9 +13,17 @@ class EngineConfig:
     `max_num_seqs` full-length sequences could use); `max_model_len=None` takes the model's
     `max_position_embeddings`. `num_threads` sets torch's intra-op threads for the process
     (None leaves torch's default; on a CPU shared with other work, fewer threads than
-    cores avoids threads waiting on each other at every small op)."""
+    cores avoids threads waiting on each other at every small op).
 
-    dtype: str = "float32"
+    `device`: auto (CUDA when torch sees a GPU), cpu, cuda or cuda:N. `dtype`: auto (see
+    models/placement.py) or a name. On a GPU the KV cache takes `gpu_memory_utilization` of
+    the device's memory less what the model and its largest step use (`kv_cache_gb` is the
+    CPU's budget). `attention` forces an attention backend (torch | cpu | triton; else the
+    device's default or QFID_ATTENTION). `enforce_eager` turns off CUDA graphs for decode
+    steps (vLLM's flag)."""
+
+    dtype: str = "auto"
+    device: str = "auto"
     block_size: int = 16
     num_kv_blocks: int | None = None
     kv_cache_gb: float = 1.0
@@ -25,10 +32,15 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     num_threads: int | None = None
+    gpu_memory_utilization: float = 0.9
+    attention: str | None = None
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise QfidError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        if self.dtype not in DTYPE_NAMES:
+            raise QfidError(f"dtype must be one of {', '.join(DTYPE_NAMES)}; got {self.dtype!r}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise QfidError(f"gpu_memory_utilization must be in (0, 1]; got {self.gpu_memory_utilization}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise QfidError(f"block_size must be a power of two; got {self.block_size}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:

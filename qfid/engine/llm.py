@@ -9,17 +9,19 @@ from qfid.engine.config import EngineConfig
 from qfid.engine.detokenizer import TextDeltas
 from qfid.engine.llm_engine import LLMEngine
 from qfid.engine.loader import eos_token_ids, load_model_and_tokenizer, set_num_threads
-from qfid.utils.memory import release_freed_memory
 from qfid.engine.outputs import RequestOutput
 from qfid.engine.sampling import SamplingParams
 from qfid.errors import QfidError
-from qfid.models.llama import build_runtime_model
+from qfid.layers.model import build_runtime_model
+from qfid.models.placement import resolve_device
+from qfid.utils.memory import release_freed_memory
 
 
 class LLM:
     """Load a model folder, a default-model name or a hub id (dense or quantized by qfid)
-    and generate with it. Keyword arguments are EngineConfig fields (dtype, num_kv_blocks,
-    max_num_batched_tokens, block_size, max_num_seqs, max_model_len, kv_cache_gb, ...)."""
+    and generate with it. Keyword arguments are EngineConfig fields (dtype, device,
+    num_kv_blocks, max_num_batched_tokens, block_size, max_num_seqs, max_model_len,
+    kv_cache_gb, gpu_memory_utilization, ...)."""
 
     def __init__(self, model_path_or_name: str | Path, **engine_options):
         try:
@@ -28,10 +30,11 @@ class LLM:
             raise QfidError(f"unknown engine option: {exc}") from None
         if config.num_threads:
             set_num_threads(config.num_threads)
-        hf_model, tokenizer, self.model_dir = load_model_and_tokenizer(model_path_or_name, config.dtype)
+        device = resolve_device(config.device)
+        hf_model, tokenizer, self.model_dir = load_model_and_tokenizer(model_path_or_name, config.dtype, device)
         self.tokenizer = tokenizer
         eos_ids = eos_token_ids(hf_model, tokenizer)
-        self.engine = LLMEngine(build_runtime_model(hf_model), tokenizer, config, eos_ids)
+        self.engine = LLMEngine(build_runtime_model(hf_model, config.attention), tokenizer, config, eos_ids)
         del hf_model
         release_freed_memory()
 

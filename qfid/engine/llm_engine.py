@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from qfid.engine.block_manager import BlockManager
 from qfid.engine.config import EngineConfig
 from qfid.engine.detokenizer import Detokenizer, stop_string_cut
-from qfid.engine.model_runner import ModelRunner, StepOutput, kv_block_bytes
+from qfid.engine.kv_cache import num_kv_blocks
+from qfid.engine.model_runner import ModelRunner, StepOutput
 from qfid.engine.outputs import RequestOutput
 from qfid.engine.sampling import SamplingParams
 from qfid.engine.scheduler import ScheduledBatch, Scheduler
@@ -32,11 +33,12 @@ class LLMEngine:
         self.detokenizer = Detokenizer(tokenizer)
         self.max_model_len = config.max_model_len or model.config.max_position_embeddings
         self.vocab_size = model.embed_tokens.num_embeddings
-        num_blocks = config.num_kv_blocks or default_num_blocks(model, config, self.max_model_len)
+        num_blocks = num_kv_blocks(model, config, self.max_model_len)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
                                    self.max_model_len, eos_token_ids)
-        self.model_runner = ModelRunner(model, num_blocks, config.block_size)
+        self.model_runner = ModelRunner(model, num_blocks, config.block_size, config.max_num_seqs, self.max_model_len,
+                                        use_graphs=not config.enforce_eager)
         self.requests: dict[int, Request] = {}
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None) -> int:
@@ -109,10 +111,3 @@ def _full_prompt_logprobs(seq) -> list[dict[int, float] | None]:
     """One entry per prompt token, None where nothing was scored."""
     entries = list(seq.prompt_logprobs)
     return entries + [None] * (seq.num_prompt_tokens - len(entries))
-
-
-def default_num_blocks(model, config: EngineConfig, max_model_len: int) -> int:
-    """As many blocks as `kv_cache_gb` holds, but no more than max_num_seqs full sequences use."""
-    by_memory = int(config.kv_cache_gb * 2**30) // kv_block_bytes(model, config.block_size)
-    by_need = config.max_num_seqs * -(-max_model_len // config.block_size)
-    return max(1, min(by_memory, by_need))

@@ -6,16 +6,22 @@ that need logits: each sequence's last token when its chunk completes it, and pr
 positions of requests that want prompt logprobs. Prompt rows go through the head
 `PROMPT_LOGITS_ROWS` at a time: a scoring request over a long prompt with a 128k vocabulary
 would otherwise build one [tokens, vocab] fp32 tensor (and its log_softmax) of gigabytes.
+
+One runner for every device: the model's device and attention backend decide where the cache
+lives and how inputs are laid out; inputs are staged on the host and copied once per step;
+the only host synchronisation in a step is reading the sampled token ids (and logprobs,
+when asked for). On CUDA, decode-only steps replay captured CUDA graphs (cuda_graphs.py)
+unless `use_graphs` is off.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from qfid.engine.batch_inputs import BatchInputs, prepare_inputs
+from qfid.engine.batch_inputs import BatchInputs, prepare_inputs, stage
+from qfid.engine.cuda_graphs import DecodeGraphs
+from qfid.engine.kv_cache import allocate_kv_cache
 from qfid.engine.sampling import logprob_entries, sample
 from qfid.engine.scheduler import ScheduledBatch
 
@@ -36,29 +42,21 @@ class StepOutput:
         return cls([None] * size, [None] * size, [{} for _ in range(size)])
 
 
-def kv_block_bytes(model, block_size: int) -> int:
-    layers, kv_heads, dim = model.kv_shape
-    return 2 * layers * kv_heads * dim * block_size * torch.empty((), dtype=model.dtype).element_size()
-
-
-def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Zeros whose pages the OS maps on first touch (numpy allocates zeros with calloc),
-    so a large KV cache costs no start-up time and only the memory actually used. Zeros,
-    not garbage: padded attention positions read never-written slots, and 0 * NaN is NaN."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    raw = np.zeros(math.prod(shape) * itemsize, dtype=np.uint8)
-    return torch.from_numpy(raw).view(dtype).view(shape)
-
-
 class ModelRunner:
-    def __init__(self, model, num_blocks: int, block_size: int):
+    def __init__(self, model, num_blocks: int, block_size: int, max_num_seqs: int = 256,
+                 max_model_len: int = 2048, use_graphs: bool = True):
         self.model = model
+        self.device = model.device
+        self.attention = model.attention_backend
         self.block_size = block_size
-        layers, kv_heads, dim = model.kv_shape
-        shape = (kv_heads, num_blocks, block_size, dim)
-        self.kv_caches = [(lazy_zeros(shape, model.dtype), lazy_zeros(shape, model.dtype)) for _ in range(layers)]
-        self.decode_kernel = _decode_kernel_available(model)
-        self.prefill_kernel = self.decode_kernel and model.dtype == torch.bfloat16
+        graphs = use_graphs and self.device.type == "cuda" and self.attention.decode_tables
+        # with graphs, one block more than the block manager hands out: the padding rows' slot
+        self.kv_caches = allocate_kv_cache(model, num_blocks + 1 if graphs else num_blocks, block_size)
+        self.graphs = None
+        if graphs:
+            self.graphs = DecodeGraphs(model, self.kv_caches, max_num_seqs, -(-max_model_len // block_size),
+                                       padding_slot=num_blocks * block_size)
+            self.graphs.capture()
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -66,19 +64,39 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> StepOutput:
-        inputs = prepare_inputs(batch, self.block_size, self.decode_kernel, self.prefill_kernel)
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.attention, self.kv_caches)
-        sampling = [i for i, seq in enumerate(inputs.seqs) if inputs.starts[i] + inputs.num_new[i] == seq.num_tokens]
+        inputs, staged, sampling, sample_rows, prompt_rows, prompt_row_ids = self.stage(batch)
+        hidden = self.forward(staged, replay=not prompt_rows)
         output = StepOutput.empty(len(batch))
         if sampling:
-            logits = self.model.compute_logits(hidden[[inputs.last_rows[i] for i in sampling]]).float()
+            logits = self.model.compute_logits(hidden.index_select(0, sample_rows)).float()
             self._sample(output, inputs, sampling, logits)
-        prompt_rows = _prompt_logprob_rows(inputs)
         for first in range(0, len(prompt_rows), PROMPT_LOGITS_ROWS):
             chunk = prompt_rows[first:first + PROMPT_LOGITS_ROWS]
-            logits = self.model.compute_logits(hidden[[row for _, _, row in chunk]]).float()
+            rows = prompt_row_ids[first:first + PROMPT_LOGITS_ROWS]
+            logits = self.model.compute_logits(hidden.index_select(0, rows)).float()
             self._add_prompt_logprobs(output, inputs, chunk, logits)
         return output
+
+    def forward(self, staged: BatchInputs, replay: bool = True) -> torch.Tensor:
+        """Final hidden states of a staged step: a graph replay when the step only decodes and
+        a graph fits it (and `replay`), else the eager forward."""
+        meta = staged.attention
+        rows = staged.input_ids.shape[0]
+        if replay and self.graphs is not None and meta.num_decode_tokens == rows and rows <= self.graphs.largest:
+            return self.graphs.run(staged.input_ids, staged.positions, meta)
+        return self.model(staged.input_ids, staged.positions, meta, self.kv_caches)
+
+    def stage(self, batch: ScheduledBatch):
+        """Everything a step builds on the host, copied to the device once: the inputs (host
+        and device copies), the laid-out indices that sample and the flat rows they read,
+        the prompt rows to score and their flat rows."""
+        inputs = prepare_inputs(batch, self.block_size, self.attention)
+        sampling = [i for i, seq in enumerate(inputs.seqs) if inputs.starts[i] + inputs.num_new[i] == seq.num_tokens]
+        prompt_rows = _prompt_logprob_rows(inputs)
+        sample_rows = torch.tensor([inputs.last_rows[i] for i in sampling], dtype=torch.long)
+        prompt_row_ids = torch.tensor([row for _, _, row in prompt_rows], dtype=torch.long)
+        return (inputs, inputs.to(self.device), sampling, stage(sample_rows, self.device), prompt_rows,
+                stage(prompt_row_ids, self.device))
 
     @staticmethod
     def _sample(output: StepOutput, inputs: BatchInputs, sampling: list[int], logits: torch.Tensor) -> None:
@@ -100,13 +118,6 @@ class ModelRunner:
         entries = logprob_entries(logprobs, targets, [inputs.seqs[i].params.prompt_logprobs for i, _, _ in prompt_rows])
         for (i, position, _), entry in zip(prompt_rows, entries):
             output.prompt_logprobs[inputs.order[i]][position] = entry
-
-
-def _decode_kernel_available(model) -> bool:
-    from qfid.kernels.cpu import paged_decode_supported
-
-    _, kv_heads, dim = model.kv_shape
-    return paged_decode_supported(torch.device("cpu"), model.dtype, model.config.num_attention_heads, kv_heads, dim)
 
 
 def _prompt_logprob_rows(inputs: BatchInputs) -> list[tuple[int, int, int]]:

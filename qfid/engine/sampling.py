@@ -4,7 +4,9 @@ The sampler works on the whole batch's last-position logits at once: greedy rows
 argmax; sampled rows are scaled by temperature, cut by top-k and top-p in one sort, and
 drawn by the exponential-race trick (argmax of p / E with E ~ Exp(1)), which needs one noise
 vector per row. That is what makes per-request seeds cheap: a seeded row draws its noise
-from its own generator, so its tokens do not depend on what else shares the batch.
+from its own generator, so its tokens do not depend on what else shares the batch. Everything
+runs on the logits' device (a seeded request's generator lives there too); `tolist()` at
+the end is the step's one wait for the device.
 Logprobs are always of the model's raw distribution (before temperature / top-k / top-p),
 as in vLLM and the OpenAI API, because the evaluation compares models, not samplers.
 """
@@ -75,7 +77,7 @@ def sample(logits: torch.Tensor, seqs: list) -> list[int]:
     tokens = logits.argmax(dim=-1)
     sampled_rows = [i for i, p in enumerate(params) if not p.greedy]
     if sampled_rows:
-        rows = torch.tensor(sampled_rows)
+        rows = torch.tensor(sampled_rows, device=logits.device)
         probs = _filtered_probs(logits[rows].float(), [params[i] for i in sampled_rows])
         noise = _exponential_noise(probs, [seqs[i] for i in sampled_rows])
         tokens[rows] = (probs / noise).argmax(dim=-1)
@@ -84,13 +86,14 @@ def sample(logits: torch.Tensor, seqs: list) -> list[int]:
 
 def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
     """Softmax of logits / T with everything outside each row's top-k and top-p zeroed."""
-    temperature = torch.tensor([p.temperature for p in params]).unsqueeze(1)
+    device = logits.device
+    temperature = torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
     sorted_logits, order = (logits / temperature).sort(dim=-1, descending=True)
     vocab = logits.shape[-1]
-    top_k = torch.tensor([p.top_k or vocab for p in params]).unsqueeze(1)
-    rank = torch.arange(vocab).unsqueeze(0)
+    top_k = torch.tensor([p.top_k or vocab for p in params], device=device).unsqueeze(1)
+    rank = torch.arange(vocab, device=device).unsqueeze(0)
     sorted_logits = sorted_logits.masked_fill(rank >= top_k, float("-inf"))
-    top_p = torch.tensor([p.top_p for p in params]).unsqueeze(1)
+    top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)
     sorted_probs = sorted_logits.softmax(dim=-1)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
     sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)  # always keeps rank 0
@@ -102,8 +105,8 @@ def _exponential_noise(probs: torch.Tensor, seqs: list) -> torch.Tensor:
     for row, seq in enumerate(seqs):
         seed = seq.params.seed
         if seed is not None:
-            if seq.generator is None:
-                seq.generator = torch.Generator().manual_seed(seed)
+            if seq.generator is None or seq.generator.device != probs.device:
+                seq.generator = torch.Generator(device=probs.device).manual_seed(seed)
             noise[row].exponential_(generator=seq.generator)
     return noise
 
@@ -111,7 +114,7 @@ def _exponential_noise(probs: torch.Tensor, seqs: list) -> torch.Tensor:
 def logprob_entries(logprobs: torch.Tensor, token_ids: list[int], num_top: list[int]) -> list[dict[int, float]]:
     """Per row: the chosen token's logprob plus the row's `num_top` most likely, as
     {token_id: logprob} (the chosen token first). `logprobs` is a [N, V] log_softmax."""
-    chosen = logprobs.gather(1, torch.tensor(token_ids).unsqueeze(1)).squeeze(1).tolist()
+    chosen = logprobs.gather(1, torch.tensor(token_ids, device=logprobs.device).unsqueeze(1)).squeeze(1).tolist()
     top_values, top_ids = logprobs.topk(max(num_top, default=0), dim=-1)
     entries = []
     for token, value, n, ids, values in zip(token_ids, chosen, num_top, top_ids.tolist(), top_values.tolist()):

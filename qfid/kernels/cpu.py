@@ -82,20 +82,11 @@ PAGED_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 RUNTIME_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _runs_here(device: torch.device) -> bool:
-    """The CPU backend is the one selected for `device` (QFID_KERNEL may force another) and
-    the ops are built."""
-    from qfid.kernels.dispatch import select_backend
-
-    return select_backend(device) == "cpu" and load_cpu_ops()
-
-
-def paged_decode_supported(device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int) -> bool:
-    """Whether `paged_decode_attention` can run this model's decode attention: CPU tensors
-    (with QFID_KERNEL not forcing another backend), a dtype it reads, and a head_dim it was
+def paged_decode_supported(dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int) -> bool:
+    """Whether `paged_decode_attention` can run this model's decode attention (once
+    kernels.dispatch has found the CPU ops running): a dtype it reads and a head_dim it was
     compiled for (the vector count is a template constant so accumulators stay in registers)."""
-    shape_ok = head_dim in PAGED_HEAD_DIMS and heads % kv_heads == 0
-    return shape_ok and dtype in RUNTIME_DTYPES and _runs_here(device)
+    return head_dim in PAGED_HEAD_DIMS and heads % kv_heads == 0 and dtype in RUNTIME_DTYPES
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -107,10 +98,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 
 
 def bf16_dense_supported(weight: torch.Tensor) -> bool:
-    """Whether `bf16_linear` can run this dense weight: a bf16 [N, K] CPU tensor with even
-    K, the CPU backend selected (QFID_KERNEL may force the reference) and the ops built."""
-    return (weight.dtype == torch.bfloat16 and weight.dim() == 2 and weight.shape[1] % 2 == 0
-            and _runs_here(weight.device))
+    """Whether `bf16_linear` can run this dense weight: bf16 [N, K] with even K."""
+    return weight.dtype == torch.bfloat16 and weight.dim() == 2 and weight.shape[1] % 2 == 0
 
 
 def pack_bf16(weight: torch.Tensor) -> torch.Tensor:
@@ -125,13 +114,12 @@ def bf16_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None
     return torch.ops.qfid_cpu.bf16_gemm(packed, x, bias, out_features)
 
 
-def elementwise_supported(device: torch.device, dtype: torch.dtype, hidden: int, head_dim: int,
-                          intermediate: int | None) -> bool:
+def elementwise_supported(dtype: torch.dtype, hidden: int, head_dim: int, intermediate: int | None) -> bool:
     """Whether the fused RMSNorm / rotary / SiLU-and-mul ops (kernels/cpu/elementwise.cpp)
     can run a model of these widths: they work in 16-lane vectors, so widths must be
     multiples of 16 (head_dim of 32: RoPE rotates two halves)."""
     widths_ok = hidden % 16 == 0 and head_dim % 32 == 0 and (intermediate is None or intermediate % 16 == 0)
-    return widths_ok and dtype in RUNTIME_DTYPES and _runs_here(device)
+    return widths_ok and dtype in RUNTIME_DTYPES
 
 
 def store_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

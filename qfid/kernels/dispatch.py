@@ -7,7 +7,12 @@ cuda|cpu` forces a backend (for tests and side-by-side comparisons); a forced ba
 cannot run on the device is an error rather than a silent fallback. Each (device type,
 backend) choice is logged once.
 
-Every backend module exposes the same three functions:
+The runtime's other kernel choices are made here too, once per model at build time:
+`attention_backend` (torch | cpu | triton; `QFID_ATTENTION` forces one), `fused_elementwise`
+(norms, RoPE and SiLU-and-mul as fused CPU ops) and `packed_dense` (dense bf16 weights
+repacked for the CPU GEMM).
+
+Every matmul backend module exposes the same three functions:
 `prepare_int4(qweight, qzeros, scales, group_size) -> dict`,
 `int4_linear(x, prepared_dict, bias)` and
 `fp8_linear(x, weight, weight_scale, bias, input_scale, quantize_activations)`.
@@ -32,6 +37,8 @@ _AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "referenc
 _MODULES = {"cuda": "qfid.kernels.cuda_ops", "triton": "qfid.kernels.triton_ops",
             "cpu": "qfid.kernels.cpu", "reference": "qfid.kernels.reference"}
 _logged: set[tuple[str, str]] = set()
+ATTENTION_ENV = "QFID_ATTENTION"
+ATTENTION_BACKENDS = ("torch", "cpu", "triton")
 
 
 def _unavailable(backend: str, device: torch.device) -> str | None:
@@ -115,3 +122,60 @@ def fp8_linear(x: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Te
     `quantize_activations` is False (weight-only FP8)."""
     backend = _module(select_backend(x.device))
     return backend.fp8_linear(x, weight_fp8, weight_scale, bias, input_scale, quantize_activations)
+
+
+# -- the runtime's other ops -----------------------------------------------------------------
+
+def _cpu_kernels_run(device: torch.device) -> bool:
+    """qfid's CPU ops run on `device`: a CPU, the CPU backend selected (QFID_KERNEL may force
+    another) and the ops built."""
+    return torch.device(device).type == "cpu" and select_backend(device) == "cpu" and _module("cpu").load_cpu_ops()
+
+
+def fused_elementwise(device: torch.device, dtype: torch.dtype, hidden: int, head_dim: int,
+                      intermediate: int | None) -> bool:
+    """Whether a model of these widths runs its RMSNorm, RoPE and SiLU-and-mul as qfid's
+    fused CPU ops (else torch's)."""
+    return _cpu_kernels_run(device) and _module("cpu").elementwise_supported(dtype, hidden, head_dim, intermediate)
+
+
+def packed_dense(weight: torch.Tensor) -> bool:
+    """Whether this dense weight runs through qfid's packed bf16 CPU GEMM (else torch's linear)."""
+    return _cpu_kernels_run(weight.device) and _module("cpu").bf16_dense_supported(weight)
+
+
+def forced_attention() -> str | None:
+    value = os.environ.get(ATTENTION_ENV, "").strip().lower()
+    if value and value not in ATTENTION_BACKENDS:
+        raise QfidError(f"{ATTENTION_ENV}={value!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
+    return value or None
+
+
+def _attention_unavailable(name: str, device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int,
+                           head_dim: int) -> str | None:
+    if name == "torch":
+        return None
+    if name == "cpu":
+        if not _cpu_kernels_run(device):
+            return "qfid's CPU kernels do not run here (not a CPU, not built, or QFID_KERNEL forces another)"
+        ok = _module("cpu").paged_decode_supported(dtype, heads, kv_heads, head_dim)
+        return None if ok else f"no CPU paged-attention kernel for {dtype} with head_dim {head_dim}"
+    return _module("triton").unavailable(device)
+
+
+def attention_backend(device: torch.device | str, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int,
+                      requested: str | None = None) -> str:
+    """The paged-attention backend for a model on `device`: `requested` or QFID_ATTENTION when
+    set (an error if it cannot run here), else triton on CUDA (torch without triton), qfid's
+    CPU kernels on a CPU where they run, torch otherwise."""
+    device = torch.device(device)
+    forced = requested or forced_attention()
+    if forced:
+        if forced not in ATTENTION_BACKENDS:
+            raise QfidError(f"attention backend {forced!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
+        reason = _attention_unavailable(forced, device, dtype, heads, kv_heads, head_dim)
+        if reason:
+            raise QfidError(f"attention backend {forced} cannot run on {device.type}: {reason}")
+        return forced
+    order = ("triton", "torch") if device.type == "cuda" else ("cpu", "torch")
+    return next(name for name in order if not _attention_unavailable(name, device, dtype, heads, kv_heads, head_dim))

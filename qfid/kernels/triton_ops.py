@@ -172,22 +172,52 @@ def native_fp8(device: torch.device) -> bool:
 # -- paged attention -------------------------------------------------------------------------
 
 def paged_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                           block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float) -> torch.Tensor:
-    """q [B, heads, d]; caches [num_blocks, block_size, kv_heads, d] -> out [B, heads, d]."""
+                           block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
+                           blocks_per_split: int | None = None) -> torch.Tensor:
+    """q [B, heads, d]; caches [num_blocks, block_size, kv_heads, d] (any strides with d
+    contiguous) -> out [B, heads, d]. The KV length is cut into splits of `blocks_per_split`
+    blocks (None: `decode_split_blocks` picks), reduced by a second kernel when there are
+    several. The split count comes from the table width, known on the host: no sync."""
     B, heads, dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     if k_cache.stride(-1) != 1 or q.stride(-1) != 1 or k_cache.stride() != v_cache.stride():
         raise ValueError("paged attention needs head_dim contiguous and K/V caches with equal strides")
     group = heads // kv_heads
+    max_blocks = block_tables.shape[1]
+    per_split = blocks_per_split or decode_split_blocks(q.device, B * kv_heads, max_blocks)
+    splits = _cdiv(max_blocks, per_split)
     out = torch.empty(q.shape, dtype=_store_dtype(q.dtype, q.device), device=q.device)
+    if splits > 1:
+        partial = torch.empty(B, heads, splits, dim, dtype=torch.float32, device=q.device)
+        m = torch.empty(B, heads, splits, dtype=torch.float32, device=q.device)
+        l = torch.empty_like(m)
+    else:
+        partial, m, l = out, out, out     # m, l unread with one split
     _, o = _launch_params("PAGED_DECODE", q.device, B)
-    _source("paged_attention").paged_decode_kernel[(B, kv_heads)](
-        q, k_cache, v_cache, block_tables, context_lens, out, scale, dim,
+    _source("paged_attention").paged_decode_kernel[(B, kv_heads, splits)](
+        q, k_cache, v_cache, block_tables, context_lens, partial, m, l, scale, dim, per_split,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         QUERIES_PER_KV=group, BLOCK_SIZE=block_size, BLOCK_G=triton_next_pow2(group),
-        BLOCK_D=triton_next_pow2(dim), **o)
+        BLOCK_D=triton_next_pow2(dim), SPLIT=splits > 1, **o)
+    if splits > 1:
+        _source("paged_attention").paged_decode_reduce_kernel[(B, heads)](
+            partial, m, l, out, dim, splits, out.stride(0), out.stride(1), heads,
+            BLOCK_S=triton_next_pow2(splits), BLOCK_D=triton_next_pow2(dim), **o)
     return out.to(q.dtype)
+
+
+MIN_SPLIT_BLOCKS = 4   # below ~64 tokens a split's fixed cost outweighs the parallelism it adds
+
+
+def decode_split_blocks(device: torch.device, programs: int, max_blocks: int) -> int:
+    """Blocks per split so that (sequences x KV heads x splits) programs fill the GPU about
+    twice over, never splitting finer than MIN_SPLIT_BLOCKS; one split under the interpreter."""
+    if device.type != "cuda":
+        return max(1, max_blocks)
+    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    splits = max(1, -(-target // max(1, programs)))
+    return max(MIN_SPLIT_BLOCKS, -(-max_blocks // splits))
 
 
 def triton_next_pow2(n: int) -> int:

@@ -81,16 +81,19 @@ def check_quantizable(model_dir: Path) -> tuple[dict, ArchSpec]:
     return config, model_arch(config)
 
 
-def load_dense_model(model_dir: Path, dtype=None, trust_remote_code: bool = False):
-    """(model, tokenizer) for a full-precision folder, in eval mode, weights on CPU."""
+def load_dense_model(model_dir: Path, dtype=None, trust_remote_code: bool = False, device="cpu"):
+    """(model, tokenizer) for a full-precision folder, in eval mode, its weights loaded
+    straight onto `device`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    on_cpu = torch.device(device).type == "cpu"
     model = AutoModelForCausalLM.from_pretrained(
         model_dir,
         dtype=dtype or torch.float32,
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
+        **({} if on_cpu else {"device_map": str(device)}),
     )
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)

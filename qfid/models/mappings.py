@@ -33,6 +33,21 @@ class AwqMapping:
 
 
 @dataclass(frozen=True)
+class RuntimeNames:
+    """Where the runtime forward finds each part of a decoder block (checkpoint names,
+    resolved through `models.linears.block_module`). A dense MLP has `gate_up` and `down`;
+    an MoE block has `moe` (its router and experts) instead."""
+
+    qkv: tuple[str, str, str] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+    o: str = "self_attn.o_proj"
+    input_norm: str = "input_layernorm"
+    post_attention_norm: str = "post_attention_layernorm"
+    gate_up: tuple[str, str] = ("mlp.gate_proj", "mlp.up_proj")
+    down: str = "mlp.down_proj"
+    moe: str | None = None
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     family: str
     blocks: str                      # attribute path of the ModuleList of decoder blocks
@@ -46,6 +61,7 @@ class ArchSpec:
     rotary: str = "model.rotary_emb"
     final_norm: str = "model.norm"
     lm_head: str = "lm_head"
+    runtime: RuntimeNames = RuntimeNames()
 
 
 _ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
@@ -83,6 +99,7 @@ MIXTRAL = ArchSpec(
     ),
     moe=True,
     keep_full_precision=("lm_head", "block_sparse_moe.gate"),
+    runtime=RuntimeNames(gate_up=(), down="", moe="block_sparse_moe"),
 )
 
 ARCHITECTURES: dict[str, ArchSpec] = {

@@ -153,13 +153,15 @@ def _versions() -> dict[str, str]:
 
 # -- loading --------------------------------------------------------------------------------
 
-def load_quantized_or_dense(path_or_name: str | Path, dtype: torch.dtype = torch.float32):
-    """A transformers CausalLM in eval mode: plain for a dense checkpoint; with Int4Linear /
-    Fp8Linear layers for an AutoAWQ (GEMM) or compressed-tensors one."""
+def load_quantized_or_dense(path_or_name: str | Path, dtype: torch.dtype = torch.float32,
+                            device: torch.device | str = "cpu"):
+    """A transformers CausalLM in eval mode on `device`: plain for a dense checkpoint (its
+    tensors loaded straight onto the device); with Int4Linear / Fp8Linear layers for an
+    AutoAWQ (GEMM) or compressed-tensors one (assembled on the CPU, then moved)."""
     model_dir = resolve_model_dir(str(path_or_name))
     qc = read_config(model_dir).get("quantization_config")
     if qc is None:
-        model, _ = _transformers_model(model_dir, dtype, drop_quantization=False)
+        model, _ = _transformers_model(model_dir, dtype, drop_quantization=False, device=device)
         return model.eval()
     if not isinstance(qc, dict):
         raise QfidError(f"{model_dir}/config.json has a malformed quantization_config")
@@ -169,7 +171,7 @@ def load_quantized_or_dense(path_or_name: str | Path, dtype: torch.dtype = torch
     if unfilled:
         more = f" (and {len(unfilled) - 1} more)" if len(unfilled) > 1 else ""
         raise QfidError(f"checkpoint {model_dir} holds no value for {unfilled[0]}{more}")
-    return model.eval()
+    return model.to(device).eval()
 
 
 def load_tokenizer(path_or_name: str | Path):
@@ -192,7 +194,8 @@ def _quiet_transformers():
         hf_logging.set_verbosity(level)
 
 
-def _transformers_model(model_dir: Path, dtype: torch.dtype, drop_quantization: bool):
+def _transformers_model(model_dir: Path, dtype: torch.dtype, drop_quantization: bool,
+                        device: torch.device | str = "cpu"):
     """(model, names of the parameters the files did not fill)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -202,7 +205,8 @@ def _transformers_model(model_dir: Path, dtype: torch.dtype, drop_quantization: 
     quiet = _quiet_transformers() if drop_quantization else contextlib.nullcontext()
     with quiet:
         model, info = AutoModelForCausalLM.from_pretrained(
-            model_dir, config=hf_config, dtype=dtype, use_safetensors=True, output_loading_info=True)
+            model_dir, config=hf_config, dtype=dtype, use_safetensors=True, output_loading_info=True,
+            **({} if torch.device(device).type == "cpu" else {"device_map": str(device)}))
     return model, set(info["missing_keys"])
 
 

@@ -29,6 +29,7 @@ from qfid.errors import QfidError
 from qfid.models.checkpoint_source import CheckpointSource
 from qfid.models.linears import block_tensor, expand_experts
 from qfid.models.loading import check_quantizable, resolve_model_dir
+from qfid.models.placement import resolve_device
 from qfid.models.streaming import ModelShell
 from qfid.quant.block_capture import BlockBatch, capture_block_inputs, run_block
 from qfid.quant.block_layout import describe_block
@@ -86,19 +87,6 @@ def choose_group_size(shapes: dict[str, tuple[int, int]], requested: int | None)
             raise QfidError(f"group size {requested} does not divide input width {shape[1]} of {name}; "
                             f"use --group-size {fallback}")
     return requested, False
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` is the GPU when there is one; `cuda` without one is a one-line error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise QfidError(f"--device must be auto, cpu, cuda or cuda:N; got {device!r}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise QfidError(f"--device {device}: no CUDA GPU is available here")
-    return resolved
 
 
 class _Stopwatch:

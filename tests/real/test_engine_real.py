@@ -23,7 +23,7 @@ PROMPTS = [
 def test_default_model_greedy_matches_hf(default_model_dir):
     from transformers import AutoModelForCausalLM
 
-    llm = LLM(default_model_dir, max_num_batched_tokens=64, num_kv_blocks=64)
+    llm = LLM(default_model_dir, dtype="float32", max_num_batched_tokens=64, num_kv_blocks=64)
     params = SamplingParams(max_tokens=24, temperature=0.0, logprobs=1)
     outputs = llm.generate(PROMPTS, params)
     hf_model = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32).eval()

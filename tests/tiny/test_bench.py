@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from qfid.engine import bench
-from qfid.engine.bench import ENGINES, REQUIRED_KEYS, BenchSpec, EngineResult, Trace, percentile, run_all, summarize
-from qfid.engine.workload import make_workload, parse_range
+from qfid.bench import harness as bench
+from qfid.bench.harness import ENGINES, REQUIRED_KEYS, BenchSpec, EngineResult, Trace, percentile, run_all, summarize
+from qfid.bench.workload import make_workload, parse_range
 from qfid.errors import QfidError
 from tests.cli_helpers import run_cli
 from tests.tiny.test_engine_greedy import one_thread  # noqa: F401 (autouse: one torch thread here too)
@@ -137,7 +137,7 @@ def test_quantized_scheme_is_built_once_then_reused(tiny_llama_dir, tmp_path, mo
     from qfid.models.loading import quantization_method, read_config
 
     model_dir, dtype = bench.resolve_model(str(tiny_llama_dir), "fp8", cache_root=tmp_path)
-    assert model_dir.parent == tmp_path and dtype == "bfloat16"  # 16-bit activations, as a server runs them
+    assert model_dir.parent == tmp_path and dtype == "auto"  # 16-bit activations where native, as a server runs them
     assert quantization_method(read_config(model_dir)) == "compressed-tensors"
 
     def no_quantizing(*args, **kwargs):

@@ -15,7 +15,7 @@ from tests.tiny.test_engine_greedy import one_thread  # noqa: E402,F401 (autouse
 
 @pytest.fixture(scope="module")
 def llm(tiny_llama_dir):
-    return LLM(tiny_llama_dir, num_kv_blocks=64, max_model_len=512)
+    return LLM(tiny_llama_dir, dtype="float32", num_kv_blocks=64, max_model_len=512)
 
 
 GREEDY = dict(temperature=0.0, ignore_eos=True)
@@ -67,7 +67,7 @@ def test_limits_fail_with_clear_errors(llm, tiny_llama_dir):
     with pytest.raises(QfidError, match="context limit"):
         llm.generate([[5] * 600], SamplingParams(max_tokens=1))
     with pytest.raises(QfidError, match="does not fit in the KV cache"):
-        LLM(tiny_llama_dir, num_kv_blocks=2).generate([[5] * 40], SamplingParams(max_tokens=1))
+        LLM(tiny_llama_dir, dtype="float32", num_kv_blocks=2).generate([[5] * 40], SamplingParams(max_tokens=1))
     with pytest.raises(QfidError, match="dtype"):
         LLM(tiny_llama_dir, dtype="int8")
     assert not llm.engine.has_unfinished()
@@ -104,7 +104,7 @@ def test_other_llama_family_variants_match_hf(tmp_path, architecture, overrides)
     path, hf_model = _tiny_variant(tmp_path, architecture, **overrides)
     hf_model.generation_config.eos_token_id = None
     prompt = torch.randint(3, hf_model.config.vocab_size, (150,), generator=torch.Generator().manual_seed(3)).tolist()
-    (output,) = LLM(path, num_kv_blocks=16).generate([prompt], SamplingParams(max_tokens=16, logprobs=0, **GREEDY))
+    (output,) = LLM(path, dtype="float32", num_kv_blocks=16).generate([prompt], SamplingParams(max_tokens=16, logprobs=0, **GREEDY))
     expected = hf_model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, pad_token_id=0)
     assert output.token_ids == expected[0, len(prompt):].tolist()
     with torch.no_grad():
@@ -133,7 +133,7 @@ def test_quantized_checkpoints_match_hf_with_the_same_quantized_modules(request,
     reference = load_quantized_or_dense(tmp_path / "q")
     reference.generation_config.eos_token_id = None
     prompt = list(range(5, 45))
-    llm = LLM(tmp_path / "q", num_kv_blocks=16)
+    llm = LLM(tmp_path / "q", dtype="float32", num_kv_blocks=16)
     attention = llm.engine.model_runner.model.layers[0].attention
     assert type(attention.o_proj).__name__ in ("Int4Linear", "Fp8Linear")
     if scheme == "rtn-int4":

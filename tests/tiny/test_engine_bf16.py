@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from qfid import LLM, SamplingParams
-from qfid.models.packed_linear import PackedBf16Linear
+from qfid.layers.packed_linear import PackedBf16Linear
 
 BF16_LOGPROB_TOLERANCE = 0.01
 NEAR_TIE = 0.02

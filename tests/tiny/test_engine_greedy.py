@@ -81,11 +81,11 @@ def decode_path(request, monkeypatch):
 
 
 def _check_path(llm, decode_path: str) -> None:
-    assert llm.engine.model_runner.decode_kernel == (decode_path == "cpu-kernel")
+    assert llm.engine.model_runner.attention.name == ("cpu" if decode_path == "cpu-kernel" else "torch")
 
 
 def test_one_request_matches_hf_tokens_and_logprobs(model_dir, hf_model, decode_path):
-    llm = LLM(model_dir, num_kv_blocks=32)
+    llm = LLM(model_dir, dtype="float32", num_kv_blocks=32)
     _check_path(llm, decode_path)
     prompt = random_prompts(hf_model.config.vocab_size, [37])[0]
     params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, logprobs=3, prompt_logprobs=2)
@@ -102,7 +102,7 @@ def test_32_concurrent_requests_with_chunked_prefill_and_preemption(model_dir, h
     prompts += random_prompts(vocab, [l // 2 + 1 for l in lengths], seed=2, prefix=prompts[10][:48])  # shared prefix
     max_tokens = [8 + (7 * i) % 17 for i in range(32)]
     # 24 blocks x 16 = 384 slots for ~2,600 tokens of demand; a 64-token budget chunks the long prompts
-    llm = LLM(model_dir, num_kv_blocks=24, max_num_batched_tokens=64)
+    llm = LLM(model_dir, dtype="float32", num_kv_blocks=24, max_num_batched_tokens=64)
     _check_path(llm, decode_path)
     params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, logprobs=1, prompt_logprobs=0 if i % 4 == 0 else None)
               for i, n in enumerate(max_tokens)]
@@ -135,7 +135,7 @@ def test_decode_rows_of_very_different_lengths_split_into_groups(model_dir, hf_m
     monkeypatch.setattr(batch_inputs, "_length_groups", lambda blocks: group_counts.append(len(split(blocks))) or split(blocks))
     vocab = hf_model.config.vocab_size
     prompts = random_prompts(vocab, [6] * 10 + [150] * 10, seed=3)
-    llm = LLM(model_dir, num_kv_blocks=256, max_num_batched_tokens=4096)
+    llm = LLM(model_dir, dtype="float32", num_kv_blocks=256, max_num_batched_tokens=4096)
     outputs = llm.generate(prompts, SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True, logprobs=0))
     assert max(group_counts) >= 2
     for prompt, output in zip(prompts, outputs):
@@ -149,7 +149,7 @@ def test_prompt_logprobs_start_scores_only_the_tail(model_dir, hf_model):
     """Scoring a continuation: positions before `prompt_logprobs_start` read None, the rest
     equal HF's log_softmax, under chunked prefill that splits the prompt."""
     prompt = random_prompts(hf_model.config.vocab_size, [70], seed=5)[0]
-    llm = LLM(model_dir, num_kv_blocks=32, max_num_batched_tokens=32)
+    llm = LLM(model_dir, dtype="float32", num_kv_blocks=32, max_num_batched_tokens=32)
     params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True, prompt_logprobs=0, prompt_logprobs_start=66)
     (output,) = llm.generate([prompt], params)
     assert len(output.prompt_logprobs) == len(prompt)

@@ -56,7 +56,7 @@ class RunningServer:
 
 
 def tiny_llm(model_dir) -> LLM:
-    return LLM(model_dir, num_kv_blocks=256, max_model_len=256)
+    return LLM(model_dir, dtype="float32", num_kv_blocks=256, max_model_len=256)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ REQUESTS = [
 def backends(tiny_llama_dir):
     from qfid.evals.backends import make_backend
 
-    return make_backend("hf", str(tiny_llama_dir), batch_size=3), make_backend("engine", str(tiny_llama_dir), batch_size=3)
+    return (make_backend("hf", str(tiny_llama_dir), batch_size=3, dtype="float32"),
+            make_backend("engine", str(tiny_llama_dir), batch_size=3, dtype="float32"))
 
 
 def test_loglikelihood_matches_hf(backends):

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 def backend(tiny_llama_dir):
     from qfid.evals.backends.hf import HFBackend
 
-    return HFBackend.from_model(str(tiny_llama_dir), batch_size=4)
+    return HFBackend.from_model(str(tiny_llama_dir), batch_size=4, dtype="float32")
 
 
 def _reference_logprob(backend, context_ids, continuation_ids):

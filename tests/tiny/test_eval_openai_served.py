@@ -18,7 +18,7 @@ LIMIT, TOP_K, TOL = 4, 3, 1e-4
 
 
 def served_llm(model_dir) -> LLM:
-    return LLM(model_dir, num_kv_blocks=512, max_model_len=1024)
+    return LLM(model_dir, dtype="float32", num_kv_blocks=512, max_model_len=1024)
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,7 @@ def test_dtype_is_part_of_the_run_and_checked(tiny_llama_dir, tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
     manifest = json.loads((tmp_path / "tiny" / "manifest.json").read_text())
     assert manifest["identity"]["dtype"] == manifest["model"]["dtype"] == "bfloat16"
-    clash = _eval(tiny_llama_dir, tmp_path)
+    clash = _eval(tiny_llama_dir, tmp_path, "--dtype", "float32")
     assert isinstance(clash.exception, QfidError) and "dtype: 'bfloat16' -> 'float32'" in str(clash.exception)
     bad = _eval(tiny_llama_dir, tmp_path, "--dtype", "fp64", "--overwrite")
     assert isinstance(bad.exception, QfidError) and "--dtype 'fp64'" in str(bad.exception)

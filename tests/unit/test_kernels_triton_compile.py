@@ -29,8 +29,12 @@ FP8_GEMM_F32 = {**FP8_GEMM, "x_ptr": "*fp32", "y_ptr": "*fp32"}   # weight-only,
 AWQ_DEQUANT = {"qweight_ptr": PTR_I32, "qzeros_ptr": PTR_I32, "scales_ptr": "*fp16", "out_ptr": "*fp16",
                "K": "i32", "N": "i32", "group_size": "i32"}
 PAGED = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "block_tables_ptr": PTR_I32, "context_lens_ptr": PTR_I32,
-         "out_ptr": "*bf16", "scale": "fp32", "head_dim": "i32", "stride_qb": "i32", "stride_qh": "i32", "stride_cb": "i32",
+         "out_ptr": "*bf16", "m_ptr": "*fp32", "l_ptr": "*fp32", "scale": "fp32", "head_dim": "i32",
+         "blocks_per_split": "i32", "stride_qb": "i32", "stride_qh": "i32", "stride_cb": "i32",
          "stride_cs": "i32", "stride_ch": "i32", "stride_bt": "i32", "stride_ob": "i32", "stride_oh": "i32"}
+PAGED_SPLIT = {**PAGED, "out_ptr": "*fp32"}
+PAGED_REDUCE = {"acc_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32", "out_ptr": "*bf16", "head_dim": "i32",
+                "num_splits": "i32", "stride_ob": "i32", "stride_oh": "i32", "num_heads": "i32"}
 # Shared memory per block: sm_90 (H100/H200); sm_86/sm_89, the smallest of the "ampere" rows' chips.
 SHARED_LIMIT = {90: 232448, 89: 101376, 80: 101376}
 
@@ -42,7 +46,11 @@ CASES = [
      (89, 90)),
     ("awq dequant", "int4_dequant", "awq_dequant_kernel", AWQ_DEQUANT, "DEQUANT", {}, (80, 90)),
     ("paged decode", "paged_attention", "paged_decode_kernel", PAGED, None,
-     dict(QUERIES_PER_KV=4, BLOCK_SIZE=16, BLOCK_G=4, BLOCK_D=128), (80, 90)),
+     dict(QUERIES_PER_KV=4, BLOCK_SIZE=16, BLOCK_G=4, BLOCK_D=128, SPLIT=False), (80, 90)),
+    ("paged decode split", "paged_attention", "paged_decode_kernel", PAGED_SPLIT, None,
+     dict(QUERIES_PER_KV=4, BLOCK_SIZE=16, BLOCK_G=4, BLOCK_D=128, SPLIT=True), (80, 90)),
+    ("paged decode reduce", "paged_attention", "paged_decode_reduce_kernel", PAGED_REDUCE, None,
+     dict(BLOCK_S=32, BLOCK_D=128), (80, 90)),
 ]
 
 

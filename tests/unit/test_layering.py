@@ -16,11 +16,7 @@ import qfid
 
 ROOT = Path(qfid.__file__).parent
 FIXTURE = Path(__file__).with_name("layering_fixture.py")
-ISSUE_12 = "runtime layers not yet moved out of models/: issue #12"
 EXCEPTIONS = {
-    ("qfid/models/llama.py", "engine"): ISSUE_12,
-    ("qfid/models/llama.py", "kernels"): ISSUE_12,
-    ("qfid/models/packed_linear.py", "kernels"): ISSUE_12,
     ("qfid/demo.py", "cli"): "demo.py draws its progress bar with cli.progress; demo.py belongs to the demo issue",
 }
 _LAYER_LINE = re.compile(r"^    ([a-z_]+(?:, [a-z_]+)*): ")

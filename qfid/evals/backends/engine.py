@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qfid.evals.backends.base import ExpertRouting, Loglikelihood, TopK, cut_at_stop
+from qfid.evals.backends.base import ExpertRouting, Loglikelihood, TopK
 from qfid.evals.backends.token_scoring import TokenScoring
 
 GREEDY_PROBE_K = 1
@@ -28,7 +28,7 @@ class EngineBackend(TokenScoring):
         self.max_length = llm.engine.max_model_len
 
     @classmethod
-    def from_model(cls, model: str, batch_size: int = 8, dtype: str = "float32", **engine_options) -> "EngineBackend":
+    def from_model(cls, model: str, batch_size: int = 8, dtype: str = "auto", **engine_options) -> "EngineBackend":
         from qfid.engine.llm import LLM
 
         llm = LLM(model, dtype=dtype, **engine_options)
@@ -38,9 +38,11 @@ class EngineBackend(TokenScoring):
         from qfid.models.loading import quantization_method, read_config
 
         config = self.llm.engine.config
+        runtime = self.llm.engine.model_runner.model
         model_config = read_config(Path(self.model_dir)) if self.model_dir else {}
         return {"backend": self.name, "model_dir": str(self.model_dir or ""),
-                "architecture": (model_config.get("architectures") or [None])[0], "dtype": str(config.dtype),
+                "architecture": (model_config.get("architectures") or [None])[0], "dtype": str(runtime.dtype).removeprefix("torch."),
+                "device": str(runtime.device),
                 "quantization": quantization_method(model_config), "batch_size": self.batch_size,
                 "block_size": config.block_size}
 
@@ -70,7 +72,7 @@ class EngineBackend(TokenScoring):
 
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=tuple(stop))
         encoded = [self.encode(p)[-(self.max_length - max_tokens):] for p in prompts]
-        return [cut_at_stop(out.text, stop) for out in self.llm.generate(encoded, params)]
+        return [out.text for out in self.llm.generate(encoded, params)]   # the engine cut the stop strings
 
 
 def _prefix_waves(prompts: list[list[int]], params) -> list[list[int]]:

@@ -20,7 +20,7 @@ import itertools
 import torch
 
 from qfid.evals.backends.base import ExpertRouting
-from qfid.models.moe import moe_layers, record_routing
+from qfid.layers.moe import moe_layers, record_routing
 
 
 def runtime_expert_routing(model, rows: list[list[int]], max_batch_tokens: int) -> list[ExpertRouting] | None:
@@ -63,7 +63,7 @@ def _route_batch(model, rows: list[list[int]]) -> list[ExpertRouting]:
 def _prefill_metadata(starts: list[int], lengths: list[int], device):
     """Every row a prefill chunk from position 0 (no cached context: causal attention over its
     own tokens), K/V stored at slots 0..T-1 of the scratch cache."""
-    from qfid.engine.attention import AttentionMetadata, PrefillChunk
+    from qfid.layers.attention import AttentionMetadata, PrefillChunk
 
     chunks = [PrefillChunk(rows=slice(s, s + n)) for s, n in zip(starts, lengths)]
     return AttentionMetadata(slot_mapping=torch.arange(sum(lengths), device=device), num_decode_tokens=0, prefill_chunks=chunks)

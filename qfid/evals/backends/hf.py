@@ -28,17 +28,20 @@ class HFBackend(TokenScoring):
         self._torch = torch
 
     @classmethod
-    def from_model(cls, model: str, batch_size: int = 8, dtype: str = "float32", device: str | None = None) -> "HFBackend":
-        import torch
-
-        from qfid.models.loading import resolve_model_dir
+    def from_model(cls, model: str, batch_size: int = 8, dtype: str = "auto", device: str | None = None) -> "HFBackend":
+        """`dtype` and `device` as the engine reads them (models/placement.py; auto: the GPU when
+        torch sees one), so both backends run a model the same way by default."""
+        from qfid.models.placement import resolve_device
+        from qfid.models.placement import resolve_dtype
+        from qfid.models.loading import read_config, resolve_model_dir
         from qfid.quant.formats import load_quantized_or_dense, load_tokenizer
 
         model_dir = resolve_model_dir(model)
+        target = resolve_device(device or "auto")
         # quantized checkpoints (AWQ / compressed-tensors) load with qfid's reference layers
-        loaded = load_quantized_or_dense(model_dir, dtype=getattr(torch, dtype))
+        loaded = load_quantized_or_dense(model_dir, dtype=resolve_dtype(dtype, read_config(model_dir), target),
+                                         device=target)
         tokenizer = load_tokenizer(model_dir)
-        loaded.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         return cls(loaded, tokenizer, batch_size=batch_size, model_dir=model_dir)
 
     def describe(self) -> dict:

@@ -3,7 +3,7 @@
 transformers returns every MoE layer's router logits when asked (`output_router_logits`),
 flattened over the batch as [batch * width, experts]. The experts a token goes to are the
 top-k of their softmax taken in fp32, which is what the model's router computes itself and
-what qfid's runtime router (qfid/models/moe.py `SparseMoE.route`) computes, so both backends
+what qfid's runtime router (qfid/layers/moe.py `SparseMoE.route`) computes, so both backends
 record the same ids. Models are recognised by what their config declares (router logits
 and experts per token), not by class name.
 """

@@ -1,20 +1,21 @@
 """The HF transformers engines of `qfid bench`: static batching (left-padded `generate`
 over batches of --hf-batch) and HF's own continuous batching (`init_continuous_batching`).
-Each runner returns (replay, finish) like the qfid runner in bench.py."""
+Each runner returns (replay, finish) like the qfid runner in harness.py."""
 from __future__ import annotations
 
 import time
 from collections import deque
 
-from qfid.engine.bench_trace import BenchSpec, Trace, sleep_until
-from qfid.engine.workload import BenchRequest
+from qfid.bench.trace import BenchSpec, Trace, sleep_until
+from qfid.bench.workload import BenchRequest
 from qfid.errors import QfidError
 
 
 def _load_hf(spec: BenchSpec):
     from qfid.engine.loader import load_model_and_tokenizer
+    from qfid.models.placement import resolve_device
 
-    model, tokenizer, _ = load_model_and_tokenizer(spec.model_dir, spec.dtype)
+    model, tokenizer, _ = load_model_and_tokenizer(spec.model_dir, spec.dtype, resolve_device(spec.device))
     return model, tokenizer
 
 
@@ -68,8 +69,9 @@ def _generate_static(model, pad_id: int, requests: list[BenchRequest]) -> tuple[
     import torch
 
     width = max(len(r.prompt_ids) for r in requests)
-    ids = torch.tensor([[pad_id] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests])
-    mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests])
+    ids = torch.tensor([[pad_id] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in requests], device=model.device)
+    mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests],
+                        device=model.device)
     steps = max(r.output_len for r in requests)
     clock = _StepClock()
     with torch.inference_mode():

@@ -11,7 +11,8 @@ class BenchSpec:
     """How every engine loads the model; the qfid-only fields size its KV cache and step."""
 
     model_dir: str
-    dtype: str = "float32"
+    dtype: str = "auto"
+    device: str = "auto"
     threads: int | None = None
     hf_batch: int = 16
     kv_cache_gb: float = 1.0

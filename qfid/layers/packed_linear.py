@@ -33,10 +33,10 @@ class PackedBf16Linear(nn.Module):
 def pack_dense_linears(model: nn.Module) -> int:
     """Replace every bf16 `nn.Linear` under `model` the CPU kernel can run by a
     `PackedBf16Linear`; returns how many were replaced."""
-    from qfid.kernels.cpu import bf16_dense_supported
+    from qfid.kernels.dispatch import packed_dense
 
     targets = [(name, module) for name, module in model.named_modules()
-               if type(module) is nn.Linear and bf16_dense_supported(module.weight)]
+               if type(module) is nn.Linear and packed_dense(module.weight)]
     for name, linear in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -1,14 +1,14 @@
 """`qfid bench`: replay one workload against the qfid engine and HF transformers (static
 batching and its own continuous batching), and report throughput, latency, memory and CPU.
 
-Each engine runs in its own worker process by default (`python -m qfid.engine.bench JOB
+Each engine runs in its own worker process by default (`python -m qfid.bench.harness JOB
 OUT`), so its peak RSS is its own and not the high-water mark of whatever ran before it.
 Every engine gets a warm-up request before the clock starts and is told to produce exactly
 each request's `output_len` tokens (EOS ignored), so tokens/s compares equal work.
 Wall time on a CPU shared with other work is noisy; CPU seconds are recorded next to it.
 
-This module orchestrates and runs the qfid engine; the HF engines are in bench_hf.py, the
-shared records and metrics in bench_trace.py.
+This module orchestrates and runs the qfid engine; the HF engines are in hf_engines.py, the
+shared records and metrics in trace.py.
 """
 from __future__ import annotations
 
@@ -22,18 +22,19 @@ from collections import deque
 from dataclasses import asdict
 from pathlib import Path
 
-from qfid.engine.bench_hf import hf_cb_runner, hf_static_runner
-from qfid.engine.bench_trace import BenchSpec, EngineResult, Trace, percentile, sleep_until, summarize
-from qfid.engine.workload import BenchRequest
+from qfid.bench.hf_engines import hf_cb_runner, hf_static_runner
+from qfid.bench.trace import BenchSpec, EngineResult, Trace, percentile, sleep_until, summarize
+from qfid.bench.workload import BenchRequest
 from qfid.errors import QfidError
 
 __all__ = ["ENGINES", "REQUIRED_KEYS", "SCHEMES", "BenchSpec", "EngineResult", "Trace", "percentile", "resolve_model",
            "run_all", "run_engine", "run_isolated", "summarize"]
 
 ENGINES = ("qfid", "hf-static", "hf-cb")
-# Activation dtype per scheme: quantized weights run with 16-bit activations, as a server
-# (vLLM's AWQ and FP8 paths) runs them; `qfid bench --dtype` overrides it.
-SCHEMES = {"fp32": "float32", "bf16": "bfloat16", "awq-int4": "bfloat16", "fp8": "bfloat16"}
+# Activation dtype per scheme: fp32 / bf16 force theirs; the model as given and quantized
+# weights run in the dtype `auto` picks (16-bit where the device computes it natively, as
+# vLLM's AWQ and FP8 paths run them); `qfid bench --dtype` overrides it.
+SCHEMES = {"as-is": "auto", "fp32": "float32", "bf16": "bfloat16", "awq-int4": "auto", "fp8": "auto"}
 REQUIRED_KEYS = ("engine", "output_tokens_per_s", "requests_per_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s",
                  "peak_rss_mb")
 
@@ -41,7 +42,7 @@ REQUIRED_KEYS = ("engine", "output_tokens_per_s", "requests_per_s", "ttft_p50_s"
 # --- choosing what to load -------------------------------------------------------------
 
 def resolve_model(model: str, scheme: str, cache_root: Path | None = None) -> tuple[Path, str]:
-    """(model folder, activation dtype). fp32/bf16 run the model as given; awq-int4/fp8 use
+    """(model folder, activation dtype). as-is/fp32/bf16 run the model as given; awq-int4/fp8 use
     MODEL if it is already quantized, else quantize it once into the cache and reuse that."""
     from qfid.models.loading import quantization_method, read_config, resolve_model_dir
     from qfid.paths import cache_dir
@@ -49,7 +50,7 @@ def resolve_model(model: str, scheme: str, cache_root: Path | None = None) -> tu
     if scheme not in SCHEMES:
         raise QfidError(f"scheme must be one of {', '.join(SCHEMES)}; got {scheme!r}")
     model_dir = resolve_model_dir(model)
-    if scheme in ("fp32", "bf16") or quantization_method(read_config(model_dir)) is not None:
+    if scheme in ("as-is", "fp32", "bf16") or quantization_method(read_config(model_dir)) is not None:
         return model_dir, SCHEMES[scheme]
     target = (cache_root or cache_dir() / "bench") / f"{model_dir.name}-{scheme}"
     if not (target / "config.json").is_file():
@@ -100,7 +101,7 @@ def run_isolated(engine: str, spec: BenchSpec, workload: list[BenchRequest]) -> 
         job, out = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job.write_text(json.dumps({"engine": engine, "spec": asdict(spec),
                                    "workload": [r.to_dict() for r in workload]}))
-        proc = subprocess.run([sys.executable, "-m", "qfid.engine.bench", str(job), str(out)],
+        proc = subprocess.run([sys.executable, "-m", "qfid.bench.harness", str(job), str(out)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
@@ -144,7 +145,7 @@ def _greedy(max_tokens: int):
 def _qfid_runner(spec: BenchSpec):
     from qfid.engine.llm import LLM
 
-    llm = LLM(spec.model_dir, dtype=spec.dtype, num_threads=spec.threads, kv_cache_gb=spec.kv_cache_gb,
+    llm = LLM(spec.model_dir, dtype=spec.dtype, device=spec.device, num_threads=spec.threads, kv_cache_gb=spec.kv_cache_gb,
               max_num_batched_tokens=spec.max_num_batched_tokens)
     llm.generate([[1, 2, 3, 4]], _greedy(2))  # warm-up: first-call allocations off the clock
     tracker = KvTracker(llm.engine)

@@ -10,6 +10,12 @@ milliseconds per call on a busy CPU; a token meets each expert at most once, so 
 the same sum). If a quantizer replaced the fused experts with its own module, that
 module is called with transformers' (hidden, top_k_index, top_k_weights) signature.
 
+On a GPU the expert loop above would read the chosen expert ids back to the host (a sync
+in every layer of every step), so there every expert runs over every token and tokens
+that did not choose it weigh it by zero: E/k times the expert FLOPs (4x for Mixtral), no
+sync, sums in a different order than transformers' (equal within fp32 rounding, not bit
+for bit). A grouped-GEMM kernel over tokens sorted by expert is the fix that keeps both.
+
 `record_routing(model)` switches on a per-layer log of the experts each token was sent to,
 which the engine eval backend reads for expert-routing agreement (qfid/evals/backends/
 engine_routing.py) without the runtime having to know about evals.
@@ -45,12 +51,26 @@ class SparseMoE(nn.Module):
             self.routing_log.append(experts)
         if not self.fused:
             return self.experts(x, experts, weights)
+        if x.device.type == "cuda":
+            return self._all_experts(x, weights, experts)
         out = torch.zeros_like(x)
         for expert in experts.unique().tolist():
             token_rows, slot = torch.where(experts == expert)
             gate, up = F.linear(x[token_rows], self.experts.gate_up_proj[expert]).chunk(2, dim=-1)
             y = F.linear(F.silu(gate) * up, self.experts.down_proj[expert])
             out.index_put_((token_rows,), (y * weights[token_rows, slot, None]).to(out.dtype), accumulate=True)
+        return out
+
+
+    def _all_experts(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """Every expert over every token, weighted by the routing weight (0 if not chosen)."""
+        dense = torch.zeros(x.shape[0], self.experts.gate_up_proj.shape[0], dtype=weights.dtype, device=x.device)
+        dense.scatter_(1, experts, weights)
+        out = torch.zeros_like(x)
+        for expert in range(dense.shape[1]):
+            gate, up = F.linear(x, self.experts.gate_up_proj[expert]).chunk(2, dim=-1)
+            y = F.linear(F.silu(gate) * up, self.experts.down_proj[expert])
+            out += (y * dense[:, expert, None]).to(out.dtype)
         return out
 
 
