@@ -83,7 +83,7 @@ def main() -> None:
                       "ratio": new["output_tokens_per_s"] / old["output_tokens_per_s"]})
         print(f"pair {i}: {new['output_tokens_per_s']:.1f} vs {old['output_tokens_per_s']:.1f} tok/s "
               f"({pairs[-1]['ratio']:.3f}x)", flush=True)
-    median = statistics.median(p["ratio"] for p in pairs)
+    median = statistics.median(p["ratio"] for p in pairs) if pairs else None   # --pairs 0: the step overhead only
     with tempfile.TemporaryDirectory() as tiny:
         overhead = {"candidate_ms": [], "baseline_ms": []}
         for _ in range(3):
@@ -92,10 +92,12 @@ def main() -> None:
     overhead["ratio_of_best"] = min(overhead["baseline_ms"]) / min(overhead["candidate_ms"])
     print(f"tiny-model step: {min(overhead['candidate_ms']):.3f} vs {min(overhead['baseline_ms']):.3f} ms")
     report = {"command": "qfid " + " ".join(ARGS), "cpu": platform.processor() or platform.machine(),
-              "pairs": pairs, "median_ratio": median, "target": {"median_ratio_ge_0.97": median >= 0.97},
+              "pairs": pairs, "median_ratio": median,
+              "target": {"median_ratio_ge_0.97": None if median is None else median >= 0.97},
               "tiny_step_overhead": overhead}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"median ratio {median:.3f} (target >= 0.97)")
+    if median is not None:
+        print(f"median ratio {median:.3f} (target >= 0.97)")
 
 
 if __name__ == "__main__":

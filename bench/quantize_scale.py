@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(shape, field),
                         help="synthetic width override (default: Llama-3-8B's)")
     args = ap.parse_args(argv)
-    args.layers = [int(n) for n in args.layers.split(",")]
+    args.layers = [int(n) for n in args.layers.split(",") if n]   # "" : the default model only
     args.schemes = args.schemes.split(",")
     unknown = set(args.schemes) - set(SCHEME_ARGS)
     if unknown:

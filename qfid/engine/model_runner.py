@@ -49,6 +49,7 @@ class ModelRunner:
         self.device = model.device
         self.attention = model.attention_backend
         self.block_size = block_size
+        self.attention.plan(max_blocks=-(-max_model_len // block_size))
         graphs = use_graphs and self.device.type == "cuda" and self.attention.decode_tables
         # with graphs, one block more than the block manager hands out: the padding rows' slot
         self.kv_caches = allocate_kv_cache(model, num_blocks + 1 if graphs else num_blocks, block_size)

@@ -211,8 +211,10 @@ MIN_SPLIT_BLOCKS = 4   # below ~64 tokens a split's fixed cost outweighs the par
 
 
 def decode_split_blocks(device: torch.device, programs: int, max_blocks: int) -> int:
-    """Blocks per split so that (sequences x KV heads x splits) programs fill the GPU about
-    twice over, never splitting finer than MIN_SPLIT_BLOCKS; one split under the interpreter."""
+    """Blocks per split so that `programs` (sequences x KV heads; the engine passes one
+    sequence's KV heads, so a lone long sequence fills the GPU) times the splits of a
+    `max_blocks`-long context fill the GPU about twice over, never splitting finer than
+    MIN_SPLIT_BLOCKS; one split under the interpreter."""
     if device.type != "cuda":
         return max(1, max_blocks)
     target = 2 * torch.cuda.get_device_properties(device).multi_processor_count

@@ -156,6 +156,9 @@ class AttentionBackend:
             parts.append(self.prefill(q[num_decode:], k[num_decode:], v[num_decode:], k_cache, v_cache, meta, scale))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
+    def plan(self, max_blocks: int) -> None:
+        """Told once by the runner: the most blocks a sequence's table can hold."""
+
     def store(self, k_cache, v_cache, k, v, slot_mapping) -> None:
         store_kv(k_cache, v_cache, k, v, slot_mapping)
 
@@ -202,21 +205,34 @@ class CpuAttention(AttentionBackend):
 class TritonAttention(AttentionBackend):
     """The Triton paged decode kernel over the engine's own cache layout (a strided view
     [blocks, block_size, kv_heads, d], no copy), split over the KV length so a few long
-    sequences still fill the GPU; `blocks_per_split` fixes the split (tests force small
-    ones), None lets the launcher choose. Prefill stays on SDPA chunks."""
+    sequences still fill the GPU. The split size is fixed per engine (from the longest
+    table a sequence can have, `max_blocks`, set by the runner), not per step: every step,
+    eager or a CUDA-graph replay of any bucket, then cuts a sequence at the same blocks and
+    reduces in the same order, so the two agree bit for bit. `blocks_per_split` overrides it
+    (tests force small splits). Prefill stays on SDPA chunks (flash attention on CUDA)."""
 
     name = "triton"
     decode_tables = True
 
-    def __init__(self, blocks_per_split: int | None = None):
+    def __init__(self, blocks_per_split: int | None = None, max_blocks: int | None = None):
         from qfid.kernels import triton_ops
 
         self.ops = triton_ops
         self.blocks_per_split = blocks_per_split
+        self.max_blocks = max_blocks
+
+    def plan(self, max_blocks: int) -> None:
+        self.max_blocks = max_blocks
+
+    def split_blocks(self, device: torch.device, kv_heads: int, width: int) -> int:
+        if self.blocks_per_split:
+            return self.blocks_per_split
+        return self.ops.decode_split_blocks(device, kv_heads, self.max_blocks or width)
 
     def decode_from_tables(self, q, k_cache, v_cache, meta, scale):
+        per_split = self.split_blocks(q.device, k_cache.shape[0], meta.decode_tables.shape[1])
         return self.ops.paged_attention_decode(q.contiguous(), k_cache.permute(1, 2, 0, 3), v_cache.permute(1, 2, 0, 3),
-                                               meta.decode_tables, meta.decode_lens, scale, self.blocks_per_split)
+                                               meta.decode_tables, meta.decode_lens, scale, per_split)
 
 
 def select_attention_backend(device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int,
