@@ -18,7 +18,7 @@ def _run(backend_name: str, model_dir, runs_dir):
 
     suites = load_suites(SUITES)
     options = RunOptions(model=str(model_dir), limit=4, seed=1, top_k=5, batch_items=8, max_tokens=16)
-    backend = make_backend(backend_name, str(model_dir), batch_size=8)
+    backend = make_backend(backend_name, str(model_dir), batch_size=8, dtype="float32")
     store = RunStore(runs_dir, backend_name)
     store.open(build_manifest(backend_name, backend, suites, options))
     run_suites(backend, suites, store, options)
