@@ -83,6 +83,9 @@ def main() -> None:
                       "ratio": new["output_tokens_per_s"] / old["output_tokens_per_s"]})
         print(f"pair {i}: {new['output_tokens_per_s']:.1f} vs {old['output_tokens_per_s']:.1f} tok/s "
               f"({pairs[-1]['ratio']:.3f}x)", flush=True)
+        Path(args.out).write_text(json.dumps({"command": "qfid " + " ".join(ARGS), "pairs": pairs,
+                                              "median_ratio_so_far": statistics.median(p["ratio"] for p in pairs)},
+                                             indent=2) + "\n")   # kept if the run is stopped
     median = statistics.median(p["ratio"] for p in pairs) if pairs else None   # --pairs 0: the step overhead only
     with tempfile.TemporaryDirectory() as tiny:
         overhead = {"candidate_ms": [], "baseline_ms": []}
