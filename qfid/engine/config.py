@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qfid.errors import QfidError
-from qfid.models.placement import DTYPE_NAMES
+from qfid.models.placement import check_dtype_name
 
 
 @dataclass(slots=True)
@@ -37,8 +37,7 @@ class EngineConfig:
     enforce_eager: bool = False
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPE_NAMES:
-            raise QfidError(f"dtype must be one of {', '.join(DTYPE_NAMES)}; got {self.dtype!r}")
+        check_dtype_name(self.dtype)
         if not 0 < self.gpu_memory_utilization <= 1:
             raise QfidError(f"gpu_memory_utilization must be in (0, 1]; got {self.gpu_memory_utilization}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -75,8 +75,9 @@ def random_engine(config, dtype: torch.dtype, device: torch.device | str, int4_g
     from qfid.engine.config import EngineConfig
     from qfid.engine.llm_engine import LLMEngine
     from qfid.layers.model import build_runtime_model
+    from qfid.models.placement import dtype_name
 
     hf_model = random_hf_llama(config, dtype, device, seed, int4_group_size)
     runtime = build_runtime_model(hf_model, engine_options.pop("attention", None))
-    engine_config = EngineConfig(device=str(device), dtype=str(dtype).removeprefix("torch."), **engine_options)
+    engine_config = EngineConfig(device=str(device), dtype=dtype_name(dtype), **engine_options)
     return LLMEngine(runtime, IdsOnlyTokenizer(), engine_config, frozenset())

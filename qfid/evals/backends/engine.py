@@ -36,12 +36,13 @@ class EngineBackend(TokenScoring):
 
     def describe(self) -> dict:
         from qfid.models.loading import quantization_method, read_config
+        from qfid.models.placement import dtype_name
 
         config = self.llm.engine.config
         runtime = self.llm.engine.model_runner.model
         model_config = read_config(Path(self.model_dir)) if self.model_dir else {}
         return {"backend": self.name, "model_dir": str(self.model_dir or ""),
-                "architecture": (model_config.get("architectures") or [None])[0], "dtype": str(runtime.dtype).removeprefix("torch."),
+                "architecture": (model_config.get("architectures") or [None])[0], "dtype": dtype_name(runtime.dtype),
                 "device": str(runtime.device),
                 "quantization": quantization_method(model_config), "batch_size": self.batch_size,
                 "block_size": config.block_size}
