@@ -11,7 +11,8 @@ rows to oneDNN after dequantizing (fp32/fp16).
 
 The module also fronts the runtime's other CPU ops: the packed dense bf16 GEMM, the paged
 decode and prefill attention, the KV store and the fused elementwise ops of the Llama
-forward (each with a `*_supported` check the runtime asks once at build time).
+forward (each with a `*_supported` check the runtime asks once at build time), and the
+fused INT4 fake quantization the AWQ searches score.
 """
 from __future__ import annotations
 
@@ -134,3 +135,19 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     bf16) over their cached context and themselves, read from the blocks; chunk c starts
     at position starts[c] and has lens[c] rows (kernels/cpu/prefill_attention.cpp)."""
     return torch.ops.qfid_cpu.paged_prefill_attention(q, k_cache, v_cache, block_tables, starts, lens, scale)
+
+
+def fake_quantize_supported(w: torch.Tensor, group_size: int, out: torch.Tensor) -> bool:
+    """The fused fake quantizer keeps a group in registers: fp32 CPU weights, groups of a
+    multiple of 16 up to 256, an fp32 or bf16 output, and the ops built."""
+    return (w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 2 and w.is_contiguous()
+            and group_size % 16 == 0 and group_size <= 256 and out.is_contiguous()
+            and out.dtype in (torch.float32, torch.bfloat16) and load_cpu_ops())
+
+
+def int4_fake_quantize(w: torch.Tensor, group_size: int, clip: torch.Tensor | None, col_scale: torch.Tensor | None,
+                       out: torch.Tensor) -> torch.Tensor:
+    """out = Q(clamp(w * col_scale, +-clip)) / col_scale in out's dtype (kernels/cpu/int4_fake_quant.cpp)."""
+    clip = None if clip is None else clip.float().contiguous()
+    col_scale = None if col_scale is None else col_scale.float().contiguous()
+    return torch.ops.qfid_cpu.int4_fake_quantize(w, group_size, clip, col_scale, out)

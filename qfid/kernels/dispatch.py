@@ -10,7 +10,7 @@ backend) choice is logged once.
 The runtime's other kernel choices are made here too, once per model at build time:
 `attention_backend` (torch | cpu | triton; `QFID_ATTENTION` forces one), `fused_elementwise`
 (norms, RoPE and SiLU-and-mul as fused CPU ops) and `packed_dense` (dense bf16 weights
-repacked for the CPU GEMM).
+repacked for the CPU GEMM); the quantizer's `int4_fake_quantize` goes through it too.
 
 Every matmul backend module exposes the same three functions:
 `prepare_int4(qweight, qzeros, scales, group_size) -> dict`,
@@ -179,3 +179,16 @@ def attention_backend(device: torch.device | str, dtype: torch.dtype, heads: int
         return forced
     order = ("triton", "torch") if device.type == "cuda" else ("cpu", "torch")
     return next(name for name in order if not _attention_unavailable(name, device, dtype, heads, kv_heads, head_dim))
+
+
+def int4_fake_quantize(w: torch.Tensor, group_size: int, clip: torch.Tensor | None = None,
+                       col_scale: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`Q(clamp(w * col_scale, -clip, clip)) / col_scale` cast to `out`'s dtype (fp32 when no
+    `out`): the candidate weights AWQ's scale and clip searches score, with Q the group INT4
+    quantize-dequantize of `primitives.int4_fake_quantize_`. One fused pass with qfid's CPU
+    kernel where it runs (bit for bit the same), else the torch reference's passes. `out`
+    may be `w` itself (in place)."""
+    out = out if out is not None else torch.empty_like(w, dtype=torch.float32)
+    if _cpu_kernels_run(w.device) and _module("cpu").fake_quantize_supported(w, group_size, out):
+        return _module("cpu").int4_fake_quantize(w, group_size, clip, col_scale, out)
+    return _module("reference").int4_fake_quantize(w, group_size, clip, col_scale, out)

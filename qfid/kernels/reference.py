@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from qfid.layouts.packing import unpack_awq_gemm
-from qfid.layouts.primitives import fp8_fake_quantize_activation
+from qfid.layouts.primitives import fp8_fake_quantize_activation, int4_fake_quantize_
 
 
 def prepare_int4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int) -> dict:
@@ -38,3 +38,20 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
                input_scale: torch.Tensor | None, quantize_activations: bool) -> torch.Tensor:
     x = rounded_activations(x, input_scale, quantize_activations)
     return F.linear(x, fp8_dequantize(weight, weight_scale, x.dtype), bias)
+
+
+def int4_fake_quantize(w: torch.Tensor, group_size: int, clip: torch.Tensor | None, col_scale: torch.Tensor | None,
+                       out: torch.Tensor) -> torch.Tensor:
+    """The torch passes the fused CPU kernel replaces, in the same order: w * col_scale,
+    group quantize-dequantize in place (clipped), / col_scale, cast to out's dtype."""
+    buf = out if out.dtype == torch.float32 else torch.empty_like(w, dtype=torch.float32)
+    if col_scale is not None:
+        torch.mul(w, col_scale, out=buf)
+    elif buf.data_ptr() != w.data_ptr():
+        buf.copy_(w)
+    int4_fake_quantize_(buf, group_size, clip)
+    if col_scale is not None:
+        buf.div_(col_scale)
+    if buf is not out:
+        out.copy_(buf)
+    return out

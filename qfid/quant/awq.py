@@ -28,7 +28,7 @@ from qfid.quant.awq_block import (
     fold_block_scales,
     gather_activations,
     quantize_block_linears,
-    scaled_inputs,
+    clip_grams,
     search_block_clips,
     scoring_dtype,
     search_block_scales,
@@ -36,6 +36,7 @@ from qfid.quant.awq_block import (
 from qfid.quant.block_capture import BlockBatch, capture_block_inputs
 from qfid.quant.block_layout import BlockLayout, describe_block
 from qfid.layouts.primitives import Int4Weight
+from qfid.utils.memory import release_freed_memory
 
 # Tokens each scale candidate is scored on: token-wise modules get every k-th token of all
 # sequences, attention gets whole sequences (batches of search_tokens // seq_len). Scoring
@@ -104,13 +105,16 @@ def awq_block(block: nn.Module, prefix: str, layout: BlockLayout, spec: ArchSpec
     with _timed(timings, "forward"):
         acts, next_batches = gather_activations(block, refs, mappings, batches, search_tokens)
     starved = _starved_experts(refs, acts.inputs)
+    release_freed_memory()   # the forward's temporaries: free pages, not the scoring loop's to reuse
     with _timed(timings, "scale_search"):
         scales = search_block_scales(block, refs, mappings, acts, group_size, grid, score_dtype, MIN_EXPERT_TOKENS)
+    release_freed_memory()
     fold_block_scales(block, mappings, scales)
     clips = {}
     if clip:
         with _timed(timings, "clip_search"):
-            clips = search_block_clips(refs, scaled_inputs(acts, mappings, scales), spec, group_size, MIN_EXPERT_TOKENS)
+            grams = clip_grams(acts, refs, mappings, scales, spec, group_size, MIN_EXPERT_TOKENS)
+            clips = search_block_clips(refs, grams, group_size)
     with _timed(timings, "quantize"):
         quantized = quantize_block_linears(refs, clips, group_size)
     result.fallbacks.update({f"{prefix}.{name}": why for name, why in starved.items()})

@@ -14,7 +14,6 @@ keeps s = 1 and plain RTN.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +24,8 @@ from torch.func import functional_call
 from qfid.errors import QfidError
 from qfid.models.linears import WeightRef, block_module, block_weight
 from qfid.models.mappings import ArchSpec
-from qfid.quant.awq_search import activation_means, search_clip, search_scale, weight_means
+from qfid.quant.awq_search import (activation_means, chunk_rows, group_gram, search_clip, search_scale,
+                                   weight_means)
 from qfid.quant.block_capture import BlockBatch, run_block, sequence_kwargs
 from qfid.quant.block_layout import BlockMapping
 from qfid.layouts.primitives import Int4Weight, int4_quantize
@@ -103,9 +103,9 @@ def search_block_scales(block: nn.Module, refs: dict[str, WeightRef], mappings: 
                         acts: BlockActivations, group_size: int, grid: int,
                         score_dtype: torch.dtype = torch.float32, min_tokens: int = 1) -> dict[str, torch.Tensor]:
     """Best scale per mapping, keyed by smooth layer. Reads the block, never writes it: with a
-    `score_dtype` other than the block's, candidates are scored on a cast copy of it. A
-    mapping whose inspected input has fewer than `min_tokens` rows (a starved expert) keeps
-    s = 1."""
+    `score_dtype` other than the block's, candidates are scored on a cast copy of the
+    inspected module. A mapping whose inspected input has fewer than `min_tokens` rows (a
+    starved expert) keeps s = 1."""
     scales = {}
     scorer = _ScoringBlock(block, refs, score_dtype)
     for m in mappings:
@@ -117,20 +117,21 @@ def search_block_scales(block: nn.Module, refs: dict[str, WeightRef], mappings: 
         loss = scorer.loss(m, acts)
         with torch.inference_mode():
             scales[m.smooth], _ = search_scale(activation_means(x), weight_means(weights, group_size),
-                                               weights, group_size, grid, loss)
+                                               weights, group_size, grid, loss, score_dtype)
+        del loss   # the mapping's cast module and targets
     return scales
 
 
 class _ScoringBlock:
-    """The block candidates are scored on (a `dtype` copy when that differs from the
-    block's own) and `loss(mapping, acts)` closures over it."""
+    """`loss(mapping, acts)` closures that score a mapping's candidates in `dtype`. The
+    inspected module runs functionally on `dtype` tensors: the candidates for its balance
+    weights and casts of its other parameters (made per mapping, dropped with the closure;
+    none when they already are in `dtype`), so the block itself is never copied. Targets
+    are computed once, in fp32."""
 
     def __init__(self, block: nn.Module, refs: dict[str, WeightRef], dtype: torch.dtype):
         self.dtype = dtype
         self.block, self.refs = block, refs
-        if any(p.dtype != dtype for p in block.parameters()):
-            self.block = copy.deepcopy(block).to(dtype)
-            self.refs = {name: block_weight(self.block, name) for name in refs}
 
     def loss(self, m: BlockMapping, acts: BlockActivations):
         """loss(candidate balance weights) -> MSE of the inspected module's output against
@@ -139,16 +140,30 @@ class _ScoringBlock:
         if m.inspect in self.refs:
             ref, slot = self.refs[m.inspect], m.balance.index(m.inspect)
             x = token_sample(acts.inputs[m.inspect], acts.search_tokens).to(dtype)
+            bias = None if ref.bias is None else ref.bias.to(dtype)
             with torch.inference_mode():
-                target = F.linear(x, ref.get(), ref.bias)
-            return lambda cands: _mse(F.linear(x, cands[slot].to(dtype), ref.bias), target)
+                target = F.linear(x, ref.get().to(dtype), bias).float()
+            return lambda cands: _mse(F.linear(x, cands[slot].to(dtype), bias), target)
         module = block_module(self.block, m.inspect)
+        balance = [self.refs[b] for b in m.balance]
         args, kwargs = _cast_floats(_inspect_call(module, acts, m.inspect), dtype)
+        params = _candidate_params(module, balance, dtype)
         with torch.inference_mode():
-            target = _first(module(*args, **kwargs))
-        params = _candidate_params(module, [self.refs[b] for b in m.balance])
-        return lambda cands: _mse(_first(functional_call(module, params([c.to(dtype) for c in cands]), args, kwargs)),
-                                  target)
+            target = _first(functional_call(module, params([ref.get() for ref in balance]), args, kwargs)).float()
+        return lambda cands: _mse(_first(functional_call(module, params(cands), args, kwargs)), target)
+
+
+def _mse(out: torch.Tensor, target: torch.Tensor) -> float:
+    """F.mse_loss(out.float(), target) with `out` upcast in row chunks (awq_search.chunk_rows:
+    a whole 2048 x 4096 output upcast per grid point was a fresh mapping each time): with
+    one chunk exactly that value; with several, each chunk's mean weighted by its size
+    (a float32 times a small integer and divided back is exact in float64)."""
+    out, target = out.reshape(-1, out.shape[-1]), target.reshape(-1, target.shape[-1])
+    rows = chunk_rows(out.shape[-1])
+    if out.shape[0] <= rows:
+        return F.mse_loss(out.float(), target).item()
+    total = sum(F.mse_loss(o.float(), t).item() * o.numel() for o, t in zip(out.split(rows), target.split(rows)))
+    return total / out.numel()
 
 
 def _cast_floats(value, dtype: torch.dtype):
@@ -178,24 +193,29 @@ def token_sample(x: torch.Tensor, budget: int) -> torch.Tensor:
     return x[:: max(1, x.shape[0] // budget)]
 
 
-def _candidate_params(module: nn.Module, refs: list[WeightRef]):
-    """cands -> {parameter path under `module`: tensor} for functional_call; a fused expert
-    parameter is cloned once per candidate and its slices overwritten in the clone."""
+def _candidate_params(module: nn.Module, refs: list[WeightRef], dtype: torch.dtype):
+    """cands -> {name under `module`: tensor} for functional_call, everything in `dtype`:
+    each balance weight replaced by its candidate (a fused expert parameter is cast once per
+    candidate and its slices overwritten), every other floating parameter and buffer by
+    its `dtype` cast, made here once."""
     paths = {id(sub): path for path, sub in module.named_modules()}
     keys = []
     for ref in refs:
         if id(ref.module) not in paths:
             raise QfidError(f"AWQ mapping scores {type(module).__name__} but {ref.name} is not inside it")
         keys.append(".".join(p for p in (paths[id(ref.module)], ref.param) if p))
+    replaced = {key for key, ref in zip(keys, refs) if ref.expert is None}
+    fixed = {name: t.detach().to(dtype) for name, t in [*module.named_parameters(), *module.named_buffers()]
+             if t.is_floating_point() and t.dtype != dtype and name not in replaced}
 
     def build(cands: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        params: dict[str, torch.Tensor] = {}
+        params = dict(fixed)
         for ref, key, cand in zip(refs, keys, cands):
             if ref.expert is None:
-                params[key] = cand
+                params[key] = cand.to(dtype)
                 continue
-            if key not in params:
-                params[key] = getattr(ref.module, ref.param).detach().clone()
+            if key not in params or params[key] is fixed.get(key):
+                params[key] = getattr(ref.module, ref.param).detach().to(dtype, copy=True)
             ref.view_of(params[key]).copy_(cand)
         return params
 
@@ -204,10 +224,6 @@ def _candidate_params(module: nn.Module, refs: list[WeightRef]):
 
 def _first(out):
     return out[0] if isinstance(out, tuple) else out
-
-
-def _mse(a: torch.Tensor, b: torch.Tensor) -> float:
-    return F.mse_loss(a.float(), b.float()).item()
 
 
 @torch.no_grad()
@@ -245,34 +261,57 @@ def _module_or_none(block: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
-def scaled_inputs(acts: BlockActivations, mappings: list[BlockMapping],
-                  scales: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each Linear's recorded input in the folded basis (x / s for balance layers)."""
-    inputs = dict(acts.inputs)
-    for m in mappings:
-        scaled: dict[int, torch.Tensor] = {}   # q, k and v share one input: divide it once
-        for name in m.balance:
-            x = acts.inputs[name]
-            if id(x) not in scaled:
-                scaled[id(x)] = x / scales[m.smooth]
-            inputs[name] = scaled[id(x)]
-    return inputs
+def clip_grams(acts: BlockActivations, refs: dict[str, WeightRef], mappings: list[BlockMapping],
+               scales: dict[str, torch.Tensor], spec: ArchSpec, group_size: int,
+               min_tokens: int = 1) -> dict[str, torch.Tensor]:
+    """The per-group input Gram (`group_gram`) of every Linear the clip search covers, in the
+    folded basis (x / s for balance layers): all it needs of the inputs. Skips q/k
+    (`spec.clip_skip`: clipping them hurts attention scores) and Linears that received fewer
+    than `min_tokens` tokens (starved experts).
 
-
-def search_block_clips(refs: dict[str, WeightRef], inputs: dict[str, torch.Tensor], spec: ArchSpec,
-                       group_size: int, min_tokens: int = 1) -> dict[str, torch.Tensor]:
-    """Clip values per quantized Linear, except q/k (`spec.clip_skip`: clipping them hurts
-    attention scores) and Linears that received fewer than `min_tokens` tokens (starved
-    experts)."""
-    clips = {}
+    Consumes `acts`: the recorded inputs are divided by their scale in place (the same
+    bits as x / s) and dropped once their Gram is taken, so the block's largest buffers
+    (0.9 GB on an 8B block) are gone before the clip loops allocate theirs."""
+    owner: dict[int, str] = {}   # recorded tensor -> the mapping whose scale divided it
     with torch.inference_mode():
-        for name, ref in refs.items():
-            if name in spec.clip_skip or inputs[name].shape[0] < min_tokens:
+        for m in mappings:
+            for name in m.balance:
+                x = acts.inputs[name]
+                if id(x) not in owner:
+                    owner[id(x)] = m.smooth
+                    x.div_(scales[m.smooth])
+                elif owner[id(x)] != m.smooth:
+                    raise QfidError(f"{name}'s recorded input feeds two AWQ mappings ({owner[id(x)]}, {m.smooth})")
+        grams, by_tensor = {}, {}
+        for name in refs:
+            x = acts.inputs[name]
+            if name in spec.clip_skip or x.shape[0] < min_tokens:
                 continue
-            clips[name] = search_clip(ref.get(), inputs[name], group_size)
-    return clips
+            if id(x) not in by_tensor:
+                by_tensor[id(x)] = group_gram(x, group_size, chunk_rows(x.shape[1]))
+            grams[name] = by_tensor[id(x)]
+    acts.inputs.clear()
+    return grams
+
+
+def search_block_clips(refs: dict[str, WeightRef], grams: dict[str, torch.Tensor], group_size: int) -> dict[str, torch.Tensor]:
+    """Clip values for each Linear that has a Gram (see `clip_grams`)."""
+    with torch.inference_mode():
+        return {name: search_clip(refs[name].get(), gram, group_size) for name, gram in grams.items()}
 
 
 def quantize_block_linears(refs: dict[str, WeightRef], clips: dict[str, torch.Tensor],
                            group_size: int) -> dict[str, Int4Weight]:
-    return {name: int4_quantize(ref.get(), group_size, clips.get(name)) for name, ref in refs.items()}
+    return {name: _int4_quantize_rows(ref.get(), group_size, clips.get(name)) for name, ref in refs.items()}
+
+
+def _int4_quantize_rows(w: torch.Tensor, group_size: int, clip: torch.Tensor | None) -> Int4Weight:
+    """`int4_quantize` a chunk of rows at a time (rows are independent: the same result): its
+    half-dozen fp32 temporaries of the weight's size were 1.2 GB on an 8B's MLP weights."""
+    rows = chunk_rows(w.shape[1])
+    if w.shape[0] <= rows:
+        return int4_quantize(w, group_size, clip)
+    parts = [int4_quantize(w[i:i + rows], group_size, None if clip is None else clip[i:i + rows])
+             for i in range(0, w.shape[0], rows)]
+    return Int4Weight(torch.cat([p.codes for p in parts]), torch.cat([p.scales for p in parts]),
+                      torch.cat([p.zeros for p in parts]), group_size)

@@ -96,9 +96,12 @@ def _recorder(store: list[torch.Tensor]):
 
 
 def _concat_shared(seen: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One [tokens, width] tensor per recorded module; each name's parts are dropped once
+    concatenated, so at most one concatenation beside the parts is ever alive."""
     by_identity: dict[tuple[int, ...], torch.Tensor] = {}
     inputs: dict[str, torch.Tensor] = {}
-    for name, parts in seen.items():
+    for name in list(seen):
+        parts = seen.pop(name)
         key = tuple(id(p) for p in parts)
         if key not in by_identity:
             by_identity[key] = torch.cat([p.reshape(-1, p.shape[-1]) for p in parts])

@@ -40,7 +40,7 @@ from qfid.layouts.primitives import default_group_size
 from qfid.quant.schemes import SCHEMES, BlockJob, BlockOutcome
 from qfid.quant.writer import MAX_SHARD_BYTES, CheckpointWriter, write_side_files
 from qfid.utils.fs import atomic_write_text
-from qfid.utils.memory import release_freed_memory
+from qfid.utils.memory import release_freed_memory, reused_heap
 
 DRIFT_SAMPLES = 4
 
@@ -124,7 +124,12 @@ class _Streams:
     drift_q: list[BlockBatch]
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {f"drift_fp.{k}": b.hidden for k, b in enumerate(self.drift_fp)}
+        """Everything to save for a resume. The fp drift stream may be the first calibration
+        batch itself (`_drift_leads_calibration`); safetensors refuses shared storage, so
+        that one is saved as a copy."""
+        calib = {b.hidden.data_ptr() for b in self.calib or []}
+        out = {f"drift_fp.{k}": b.hidden.clone() if b.hidden.data_ptr() in calib else b.hidden
+               for k, b in enumerate(self.drift_fp)}
         out.update({f"drift_q.{k}": b.hidden for k, b in enumerate(self.drift_q)})
         out.update({f"calib.{k}": b.hidden for k, b in enumerate(self.calib or [])})
         return out
@@ -268,10 +273,15 @@ class _Run:
     def _block(self, i: int, streams: _Streams) -> None:
         block = self.shell.load_block(i)
         prefix = f"{self.spec.blocks}.{i}"
-        streams.drift_fp, _ = run_block(block, streams.drift_fp, {})
+        drift_in_calib = _drift_leads_calibration(streams)
+        if not drift_in_calib:
+            streams.drift_fp, _ = run_block(block, streams.drift_fp, {})
         job = BlockJob(block, prefix, describe_block(block, self.spec), self.spec, self.config, self.group_size,
                        streams.calib, self.score_dtype)
-        outcome = self.handler.quantize_block(job)
+        with reused_heap():
+            outcome = self.handler.quantize_block(job)
+        if drift_in_calib:
+            streams.drift_fp = [BlockBatch(outcome.calib_out[0].hidden, streams.drift_fp[0].kwargs)]
         for stage, seconds in outcome.timings.items():
             self.search_timings[stage] = self.search_timings.get(stage, 0.0) + seconds
         for name, why in outcome.fallbacks.items():
@@ -371,6 +381,17 @@ def _score_dtype(config: QuantConfig, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16
     return scoring_dtype()
+
+
+def _drift_leads_calibration(streams: _Streams) -> bool:
+    """Whether the drift sequences are the first calibration batch, bit for bit (the drift
+    samples are the first calibration samples and the batch sizes agree, as by default):
+    the fp block's output for them then comes out of the scheme's calibration pass
+    (`BlockOutcome.calib_out`, the fp outputs), and a pass of its own would only repeat it."""
+    if streams.calib is None or len(streams.drift_fp) != 1:
+        return False
+    calib, drift = streams.calib[0].hidden, streams.drift_fp[0].hidden
+    return calib.shape == drift.shape and calib.device == drift.device and torch.equal(calib, drift)
 
 
 def _install_quantized(block, outcome: BlockOutcome) -> None:

@@ -11,6 +11,7 @@ from qfid.models.loading import load_dense_model, model_arch, read_config
 from qfid.quant.awq import apply_awq_artifact, awq_quantize, scale_key
 from qfid.quant.awq_block import (
     _ScoringBlock,
+    clip_grams,
     gather_activations,
     search_block_clips,
     search_block_scales,
@@ -117,7 +118,7 @@ def test_search_leaves_the_block_unchanged(tiny_llama_dir, score_dtype):
     block, spec, refs, mappings, acts = _first_block_activations(tiny_llama_dir)
     before = {k: v.clone() for k, v in block.state_dict().items()}
     scales = search_block_scales(block, refs, mappings, acts, GROUP, grid=20, score_dtype=score_dtype)
-    search_block_clips(refs, acts.inputs, spec, GROUP)
+    search_block_clips(refs, clip_grams(acts, refs, mappings, scales, spec, GROUP), GROUP)
     assert any(not torch.equal(s, torch.ones_like(s)) for s in scales.values())
     for key, value in block.state_dict().items():
         assert torch.equal(value, before[key]), f"{key} changed during the search"
@@ -137,6 +138,44 @@ def test_bf16_scoring_picks_scales_as_good_as_fp32_scoring(tiny_llama_dir):
             best = loss(scaled_candidates(weights, fp32_scales[m.smooth], GROUP))
             picked = loss(scaled_candidates(weights, bf16_scales[m.smooth], GROUP))
         assert picked <= best * 1.02, f"{m.smooth}: bf16 pick {picked:.4e} vs fp32 best {best:.4e}"
+
+
+def test_chunked_reductions_agree_with_whole_passes(tiny_llama_dir, monkeypatch):
+    """Losses, weight and activation means and Grams taken in row chunks (what keeps an 8B
+    block's temporaries small and under the allocator's mmap threshold) equal the whole
+    passes to fp32 summation order, and the search picks the same scales."""
+    import qfid.quant.awq_search as awq_search
+    from qfid.quant.awq_search import activation_means, group_gram, weight_means
+
+    block, spec, refs, mappings, acts = _first_block_activations(tiny_llama_dir)
+    whole = _ScoringBlock(block, refs, torch.float32)
+    x = acts.inputs[mappings[0].inspect]
+    weights = [refs[b].get() for b in mappings[0].balance]
+    whole_means = activation_means(x), weight_means(weights, GROUP)
+    monkeypatch.setattr(awq_search, "CHUNK_BYTES", 4 * 64 * 23)   # 23 rows of a 64-wide layer: many chunks
+    chunked = _ScoringBlock(block, refs, torch.float32)
+    for a, b in zip((activation_means(x), weight_means(weights, GROUP)), whole_means):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    for m in mappings:
+        weights = [refs[b].get() for b in m.balance]
+        cands = scaled_candidates(weights, torch.rand(weights[0].shape[1]) + 0.5, GROUP)
+        with torch.inference_mode():
+            a, b = whole.loss(m, acts)(cands), chunked.loss(m, acts)(cands)
+        assert a == pytest.approx(b, rel=1e-5), m.smooth
+    chunked_scales = search_block_scales(block, refs, mappings, acts, GROUP, grid=20)
+    monkeypatch.undo()
+    whole_scales = search_block_scales(block, refs, mappings, acts, GROUP, grid=20)
+    for k in whole_scales:   # the same grid point: equal up to the means' rounding
+        torch.testing.assert_close(chunked_scales[k], whole_scales[k], rtol=1e-4, atol=0)
+    from qfid.layouts.primitives import int4_quantize
+    from qfid.quant.awq_block import _int4_quantize_rows
+    w = refs[mappings[0].balance[0]].get()
+    clip = w.abs().reshape(w.shape[0], -1, GROUP).amax(-1) * 0.9
+    whole = int4_quantize(w, GROUP, clip)
+    monkeypatch.setattr(awq_search, "CHUNK_BYTES", 4 * w.shape[1] * 5)   # 5-row chunks: bit for bit
+    rows = _int4_quantize_rows(w, GROUP, clip)
+    assert all(torch.equal(getattr(rows, f), getattr(whole, f)) for f in ("codes", "scales", "zeros"))
+    torch.testing.assert_close(group_gram(x, GROUP, chunk_rows=17), group_gram(x, GROUP), rtol=1e-5, atol=1e-6)
 
 
 def test_artifact_replay_gives_identical_int4_weights(tiny_llama_dir, llama_awq):

@@ -234,3 +234,20 @@ def test_tied_embeddings_are_neither_quantized_nor_written_twice(tmp_path):
     assert 1 < summary["ppl_calib_before"] < 1e4 and 1 < summary["ppl_calib_after"] < 1e4
     model = load_quantized_or_dense(out)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+@pytest.mark.parametrize("case", ["awq", "fp8-tensor-static"])
+def test_drift_from_the_calibration_pass_equals_a_pass_of_its_own(case, tmp_path, monkeypatch):
+    """The fp drift stream taken from the scheme's calibration pass (the drift samples are
+    its first batch) gives bit for bit the perplexities of running the drift samples
+    through each fp block separately, as the pipeline did before."""
+    source = REFERENCE / "llama" / "source"
+    taken = []
+    real = pipeline._drift_leads_calibration
+    monkeypatch.setattr(pipeline, "_drift_leads_calibration", lambda streams: taken.append(real(streams)) or taken[-1])
+    reused = json.loads((_quantize(source, tmp_path / "reused", case) / "qfid_quant.json").read_text())["summary"]
+    assert taken and all(taken)
+    monkeypatch.setattr(pipeline, "_drift_leads_calibration", lambda streams: False)
+    separate = json.loads((_quantize(source, tmp_path / "separate", case) / "qfid_quant.json").read_text())["summary"]
+    for key in ("ppl_calib_before", "ppl_calib_after"):
+        assert reused[key] == separate[key], key

@@ -72,7 +72,7 @@ def test_clip_search_never_loses_to_no_clip_and_stays_in_the_shrink_range():
     w = torch.randn(16, 64, generator=gen) * 0.02
     w[:, 0] = 0.5                              # one large weight per row in group 0
     x = torch.randn(512, 64, generator=gen)
-    clip = search_clip(w, x, G)
+    clip = search_clip(w, group_gram(x, G), G)
     gram = group_gram(x, G)
     err_clip = group_output_error(int4_fake_quantize(w, G, clip) - w, gram, G)
     err_rtn = group_output_error(int4_fake_quantize(w, G) - w, gram, G)

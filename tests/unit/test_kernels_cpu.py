@@ -346,3 +346,51 @@ def test_store_kv_matches_the_torch_store(dtype):
     assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
     with pytest.raises(RuntimeError, match="outside the cache"):
         cpu.store_kv(caches[2], caches[3], k[:1], v[:1], torch.tensor([blocks * block_size]))
+
+
+def _fake_quant_inputs(rows: int, width: int, group: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Weights with a wide spread of channel magnitudes, the first rows on a quarter grid
+    (round-half ties inside the quantizer), an AWQ-like column scale and per-group clips."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, width, generator=gen) * (torch.rand(width, generator=gen) * 3)
+    w[:4] = torch.randint(-30, 30, (4, width), generator=gen).float() / 4
+    col_scale = torch.rand(width, generator=gen) + 0.2
+    clip = w.abs().reshape(rows, -1, group).amax(-1) * (0.5 + 0.5 * torch.rand(rows, width // group, generator=gen))
+    return w, col_scale, clip
+
+
+@needs_kernels
+@pytest.mark.parametrize("group", [16, 64, 128, 256])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_int4_fake_quantize_equals_the_torch_passes_bit_for_bit(group, out_dtype):
+    """The fused AWQ candidate op against kernels.reference (primitives.int4_fake_quantize_
+    and torch's multiply/divide/cast): every combination of column scale and clip, random
+    and tie-heavy rows, fp32 and bf16 outputs, and in place."""
+    from qfid.kernels import reference
+
+    w, col_scale, clip = _fake_quant_inputs(37, group * 3, group, seed=group)
+    for c in (None, clip):
+        for s in (None, col_scale):
+            expected = reference.int4_fake_quantize(w, group, c, s, torch.empty_like(w, dtype=out_dtype))
+            got = cpu.int4_fake_quantize(w, group, c, s, torch.empty_like(w, dtype=out_dtype))
+            assert torch.equal(got, expected), (group, c is None, s is None, out_dtype)
+    in_place = w.clone()
+    cpu.int4_fake_quantize(in_place, group, clip, None, in_place)
+    assert torch.equal(in_place, reference.int4_fake_quantize(w, group, clip, None, torch.empty_like(w)))
+
+
+def test_int4_fake_quantize_dispatch_falls_back_to_the_reference(monkeypatch):
+    """Shapes the fused op does not take (a group of 8, a strided view) and a forced
+    reference backend all give the reference's result."""
+    from qfid.kernels import dispatch, reference
+
+    w, col_scale, clip = _fake_quant_inputs(24, 64, 8, seed=3)
+    expected = reference.int4_fake_quantize(w, 8, clip, col_scale, torch.empty_like(w))
+    assert torch.equal(dispatch.int4_fake_quantize(w, 8, clip, col_scale), expected)
+    view = torch.randn(64, 48)[:, :32].T   # non-contiguous
+    assert torch.equal(dispatch.int4_fake_quantize(view, 16), reference.int4_fake_quantize(view, 16, None, None, torch.empty(32, 64)))
+    monkeypatch.setenv("QFID_KERNEL", "reference")
+    w, col_scale, clip = _fake_quant_inputs(24, 128, 64, seed=4)
+    out = torch.empty_like(w, dtype=torch.bfloat16)
+    assert torch.equal(dispatch.int4_fake_quantize(w, 64, clip, col_scale, out),
+                       reference.int4_fake_quantize(w, 64, clip, col_scale, torch.empty_like(out)))
