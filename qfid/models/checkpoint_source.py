@@ -54,18 +54,46 @@ class CheckpointSource:
         resident for as long as any tensor lives."""
         from safetensors import safe_open
 
-        by_file: dict[str, list[str]] = {}
-        for name in names:
-            if name not in self.file_of:
-                raise QfidError(f"{self.model_dir} has no tensor {name}")
-            by_file.setdefault(self.file_of[name], []).append(name)
         tensors = {}
-        for filename, wanted in by_file.items():
+        for filename, wanted in self._by_file(names).items():
             with safe_open(self.model_dir / filename, "pt") as f:
                 for name in wanted:
                     mapped = f.get_tensor(name)
                     tensors[name] = mapped.clone() if dtype in (None, mapped.dtype) else mapped.to(dtype)
         return {name: tensors[name] for name in names}
+
+    def copy_into(self, targets: dict[str, torch.Tensor]) -> None:
+        """Copy each named tensor from the files into `targets[name]` (a tensor of its shape,
+        any dtype or device: `copy_` converts), straight out of the memory mapping: no copy
+        in between, whose pages would be faulted in and freed again (a block of an 8B is
+        1.7 GB in fp32). The mapping is closed before returning."""
+        from safetensors import safe_open
+
+        for filename, wanted in self._by_file(list(targets)).items():
+            with safe_open(self.model_dir / filename, "pt") as f:
+                for name in wanted:
+                    mapped, target = f.get_tensor(name), targets[name]
+                    if tuple(mapped.shape) != tuple(target.shape):
+                        raise QfidError(f"{self.model_dir}: {name} has shape {tuple(mapped.shape)}; the model "
+                                        f"expects {tuple(target.shape)}")
+                    target.copy_(mapped)
+
+    def byte_range(self, name: str) -> tuple[Path, int, int]:
+        """(file, offset, length) of a tensor's stored bytes: lets a tensor that is written
+        out as stored be copied file to file without passing through memory."""
+        path = self.model_dir / self.file_of[name]
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            start, end = json.loads(f.read(header_len))[name]["data_offsets"]
+        return path, 8 + header_len + start, end - start
+
+    def _by_file(self, names: list[str]) -> dict[str, list[str]]:
+        by_file: dict[str, list[str]] = {}
+        for name in names:
+            if name not in self.file_of:
+                raise QfidError(f"{self.model_dir} has no tensor {name}")
+            by_file.setdefault(self.file_of[name], []).append(name)
+        return by_file
 
     def with_prefix(self, prefix: str) -> list[str]:
         return [n for n in self.file_of if n.startswith(prefix)]

@@ -77,8 +77,7 @@ class ModelShell:
             for tensor in list(block.parameters()) + [b for b in block.buffers() if b.is_floating_point()]:
                 tensor.fill_(float("nan"))
             prefix = self.block_prefix(i)
-            for name, value in self.source.read(self.block_names(i), COMPUTE_DTYPE).items():
-                block_tensor(block, name[len(prefix):]).set(value.to(self.device))
+            self.source.copy_into({name: block_tensor(block, name[len(prefix):]).get() for name in self.block_names(i)})
         for name, param in block.named_parameters():
             if torch.isnan(param).any():
                 raise QfidError(f"checkpoint holds no value for {prefix}{name} (or it is NaN)")

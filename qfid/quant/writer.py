@@ -53,6 +53,10 @@ class CheckpointWriter:
         """A tensor that is not quantized, cast back to the dtype the source stored it in."""
         self.shards.write(name, tensor.to(self.source_specs[name].dtype))
 
+    def copy_dense(self, name: str, source: Path, offset: int, length: int) -> None:
+        """A tensor written exactly as the source stores it, copied file to file."""
+        self.shards.copy_bytes(name, source, offset, length)
+
     def write_quantized(self, linear: str, weight: Int4Weight | Fp8Weight) -> None:
         if tuple(weight.shape) != self._shape(linear):
             raise QfidError(f"quantized {linear} has shape {tuple(weight.shape)} but the model's weight is "

@@ -91,11 +91,37 @@ class ShardFile:
         if written != data.nbytes:
             raise OSError(f"short write of {name} to {self.path}")
 
+    def copy_bytes(self, name: str, source: Path, offset: int, length: int) -> None:
+        """Fill `name` with `length` bytes of `source` from `offset` (a tensor stored as it
+        is): copied by the kernel (copy_file_range), never through this process's memory."""
+        if length != self.specs[name].nbytes:
+            raise ValueError(f"{name}: planned {self.specs[name].nbytes} bytes, source holds {length}")
+        target = self.data_start + self.offsets[name]
+        with open(source, "rb") as src:
+            done = 0
+            while done < length:
+                n = _copy_range(src.fileno(), offset + done, self.fd, target + done, length - done)
+                if n <= 0:
+                    raise OSError(f"short copy of {name} from {source} to {self.path}")
+                done += n
+
     def close(self) -> None:
         if self.fd >= 0:
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
+
+
+def _copy_range(src: int, src_offset: int, dst: int, dst_offset: int, length: int) -> int:
+    """Bytes copied from one file to another: copy_file_range where the OS has it, else a
+    bounded read and write."""
+    if hasattr(os, "copy_file_range"):
+        try:
+            return os.copy_file_range(src, dst, length, src_offset, dst_offset)
+        except OSError:
+            pass   # e.g. across file systems on older kernels
+    data = os.pread(src, min(length, 64 << 20), src_offset)
+    return os.pwrite(dst, data, dst_offset) if data else 0
 
 
 def _layout(specs: list[TensorSpec], metadata: dict[str, str]) -> tuple[bytes, dict[str, int], int]:
@@ -127,6 +153,10 @@ class ShardedWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         self.file_of[name].write(name, tensor)
         self.bytes_written += self.file_of[name].specs[name].nbytes
+
+    def copy_bytes(self, name: str, source: Path, offset: int, length: int) -> None:
+        self.file_of[name].copy_bytes(name, source, offset, length)
+        self.bytes_written += length
 
     def close(self) -> None:
         for f in self.files:
