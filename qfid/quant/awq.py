@@ -105,10 +105,10 @@ def awq_block(block: nn.Module, prefix: str, layout: BlockLayout, spec: ArchSpec
     with _timed(timings, "forward"):
         acts, next_batches = gather_activations(block, refs, mappings, batches, search_tokens)
     starved = _starved_experts(refs, acts.inputs)
-    release_freed_memory()   # the forward's temporaries: free pages, not the scoring loop's to reuse
+    release_freed_memory(full_collect=False)   # the forward's temporaries: free pages, not the scoring loop's to reuse
     with _timed(timings, "scale_search"):
         scales = search_block_scales(block, refs, mappings, acts, group_size, grid, score_dtype, MIN_EXPERT_TOKENS)
-    release_freed_memory()
+    release_freed_memory(full_collect=False)
     fold_block_scales(block, mappings, scales)
     clips = {}
     if clip:

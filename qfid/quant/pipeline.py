@@ -294,7 +294,7 @@ class _Run:
         self.shell.release_block(i)
         del block, job
         outcome.quantized = {}   # the written tensors: nothing holds them any more
-        release_freed_memory()
+        release_freed_memory(full_collect=False)
         if outcome.artifact:
             self.partial.save_tensors(f"artifact-{i:05d}", outcome.artifact)
         self.partial.save_tensors("streams", streams.tensors())

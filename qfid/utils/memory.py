@@ -12,17 +12,23 @@ _DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
 _HELD_FREE_BYTES = 64 << 20
 
 
-def release_freed_memory() -> None:
+def release_freed_memory(full_collect: bool = True) -> None:
     """Hand memory freed by the process back to the OS.
 
     glibc keeps freed chunks in its heap (its mmap threshold rises after large frees, so
     later large tensors come from the heap too), where they count in RSS for the process's
     whole life: hundreds of MB after the runtime model is built from loaded weights, and a
     growing share of a streamed quantization's peak as blocks come and go. `malloc_trim`
-    returns them. A no-op where glibc is absent."""
+    returns them. A no-op where glibc is absent.
+
+    Reference cycles are collected first: all generations by default, only the young ones
+    with `full_collect=False`: a full collection walks every object the process holds
+    (0.4 s with transformers loaded), and once per decoder block that was 18% of an FP8
+    quantization of the default model; what a block leaves behind is young or freed by
+    reference counting already."""
     import gc
 
-    gc.collect()
+    gc.collect() if full_collect else gc.collect(1)
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
