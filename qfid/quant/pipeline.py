@@ -40,7 +40,7 @@ from qfid.layouts.primitives import default_group_size
 from qfid.quant.schemes import SCHEMES, BlockJob, BlockOutcome
 from qfid.quant.writer import MAX_SHARD_BYTES, CheckpointWriter, write_side_files
 from qfid.utils.fs import atomic_write_text
-from qfid.utils.memory import release_freed_memory, reused_heap
+from qfid.utils.memory import release_freed_memory
 
 DRIFT_SAMPLES = 4
 
@@ -279,8 +279,7 @@ class _Run:
             streams.drift_fp, _ = run_block(block, streams.drift_fp, {})
         job = BlockJob(block, prefix, describe_block(block, self.spec), self.spec, self.config, self.group_size,
                        streams.calib, self.score_dtype)
-        with reused_heap():
-            outcome = self.handler.quantize_block(job)
+        outcome = self.handler.quantize_block(job)
         if drift_in_calib:
             streams.drift_fp = [BlockBatch(outcome.calib_out[0].hidden, streams.drift_fp[0].kwargs)]
         for stage, seconds in outcome.timings.items():

@@ -17,6 +17,7 @@ from qfid.models.mappings import ArchSpec
 from qfid.quant.block_capture import BlockBatch, run_block
 from qfid.quant.block_layout import BlockLayout
 from qfid.quant.codecs import LinearPlan
+from qfid.utils.memory import reused_heap
 from qfid.layouts.primitives import FP8_E4M3_MAX, Fp8Weight, Int4Weight, fp8_quantize, int4_quantize
 
 
@@ -68,8 +69,10 @@ class AwqInt4(RtnInt4):
 
         result = AwqResult({}, {}, {})
         result.timings = _zeroed()
-        calib_out = awq_block(job.block, job.prefix, job.layout, job.spec, job.calib, job.group_size,
-                              job.config.awq_grid, job.config.awq_clip, DEFAULT_SEARCH_TOKENS, job.score_dtype, result)
+        with reused_heap():   # the searches make the same large temporaries at every grid point
+            calib_out = awq_block(job.block, job.prefix, job.layout, job.spec, job.calib, job.group_size,
+                                  job.config.awq_grid, job.config.awq_clip, DEFAULT_SEARCH_TOKENS, job.score_dtype,
+                                  result)
         cut = len(job.prefix) + 1
         return BlockOutcome({name[cut:]: w for name, w in result.quantized.items()}, calib_out, result.artifact,
                             result.fallbacks, dict(result.timings))
