@@ -132,6 +132,17 @@ def int4_dequantize(q: Int4Weight, dtype: torch.dtype = torch.float32) -> torch.
     return w.reshape(out_f, in_f).to(dtype)
 
 
+def int4_dequantize_into(q: Int4Weight, out: torch.Tensor, rows_per_step: int = 1024) -> torch.Tensor:
+    """`int4_dequantize(q)` written into `out` [out, in] (any float dtype) `rows_per_step`
+    rows at a time: the same values (every step is row-wise), with temporaries of a few
+    rows instead of several of the weight's size (1 GB per 8B block, page-faulted afresh)."""
+    for start in range(0, q.codes.shape[0], rows_per_step):
+        part = Int4Weight(q.codes[start:start + rows_per_step], q.scales[start:start + rows_per_step],
+                          q.zeros[start:start + rows_per_step], q.group_size)
+        out[start:start + rows_per_step].copy_(int4_dequantize(part))
+    return out
+
+
 def int4_fake_quantize(w: torch.Tensor, group_size: int, clip: torch.Tensor | None = None) -> torch.Tensor:
     """Quantize then dequantize, in w's dtype: what the search loops score. Equal bit for bit
     to `int4_quantize(...).dequantize()`, without the uint8 round trip (half the cost in

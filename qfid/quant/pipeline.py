@@ -401,13 +401,15 @@ def _install_quantized(block, outcome: BlockOutcome) -> None:
     experts, which transformers 5 fuses, dequantized in place as qfid.load does. Dense
     matmuls keep the drift pass fast where no INT4 kernel suits thousands of rows."""
     from qfid.layouts.packing import as_stored
-    from qfid.layouts.primitives import Int4Weight
+    from qfid.layouts.primitives import Int4Weight, int4_dequantize_into
     from qfid.models.linears import block_weight
     from qfid.quant.codecs import codec_of
 
     for rel, weight in outcome.quantized.items():
         ref = block_weight(block, rel)
-        if isinstance(weight, Int4Weight) or ref.expert is not None:
+        if isinstance(weight, Int4Weight) and ref.get().device.type == "cpu":
+            int4_dequantize_into(as_stored(weight), ref.get())
+        elif isinstance(weight, Int4Weight) or ref.expert is not None:
             stored = as_stored(weight) if isinstance(weight, Int4Weight) else weight
             ref.set(stored.dequantize(torch.float32))
         else:

@@ -96,3 +96,14 @@ def test_fake_quantizers_equal_quantize_then_dequantize_bit_for_bit(clipped):
     assert int4_fake_quantize_(buffer, 64, clip) is buffer
     assert torch.equal(buffer, expected)
     assert torch.equal(int4_fake_quantize(w, 64, clip), expected)
+
+
+def test_int4_dequantize_into_equals_the_whole_dequantize():
+    from qfid.layouts.primitives import int4_dequantize, int4_dequantize_into, int4_quantize
+
+    w = torch.randn(37, 128, generator=torch.Generator().manual_seed(5))
+    q = int4_quantize(w, 32)
+    for out_dtype in (torch.float32, torch.bfloat16):
+        out = torch.empty(37, 128, dtype=out_dtype)
+        assert int4_dequantize_into(q, out, rows_per_step=5) is out
+        assert torch.equal(out, int4_dequantize(q).to(out_dtype))
