@@ -103,8 +103,8 @@ def search_block_scales(block: nn.Module, refs: dict[str, WeightRef], mappings: 
                         acts: BlockActivations, group_size: int, grid: int,
                         score_dtype: torch.dtype = torch.float32, min_tokens: int = 1) -> dict[str, torch.Tensor]:
     """Best scale per mapping, keyed by smooth layer. Reads the block, never writes it: with a
-    `score_dtype` other than the block's, candidates are scored on a cast copy of the
-    inspected module. A mapping whose inspected input has fewer than `min_tokens` rows (a
+    `score_dtype` other than the block's, candidates are scored with cast copies of the
+    inspected module's parameters. A mapping whose inspected input has fewer than `min_tokens` rows (a
     starved expert) keeps s = 1."""
     scales = {}
     scorer = _ScoringBlock(block, refs, score_dtype)
@@ -118,7 +118,7 @@ def search_block_scales(block: nn.Module, refs: dict[str, WeightRef], mappings: 
         with torch.inference_mode():
             scales[m.smooth], _ = search_scale(activation_means(x), weight_means(weights, group_size),
                                                weights, group_size, grid, loss, score_dtype)
-        del loss   # the mapping's cast module and targets
+        del loss   # the mapping's cast parameters and targets
     return scales
 
 

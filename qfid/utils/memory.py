@@ -7,8 +7,11 @@ import functools
 from contextlib import contextmanager
 
 # mallopt parameters (glibc's malloc.h) and the defaults restored afterwards
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+# Setting any threshold ends glibc's dynamic one for the process, so the exit restores the
+# state the dynamic threshold settles in after large frees: blocks up to 32 MB from the heap,
+# trimmed past twice that (not the 128 KB start, which would map every later tensor afresh).
+_SETTLED_MMAP_THRESHOLD, _SETTLED_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 32 << 20, 64 << 20, 65536
 _HELD_FREE_BYTES = 64 << 20
 
 
@@ -43,7 +46,7 @@ def reused_heap():
     points per mapping, each through a forward whose intermediates on an 8B block are
     60-120 MB) page-faults all of them in every round: measured on a 2-core Zen 4, 11% of
     the quantizer's CPU time was system time. Inside this context nothing is mmapped and up
-    to 1 GB of freed memory stays in the heap; on exit the defaults come back and the free
+    to 64 MB of freed memory stays at the heap top; on exit mapping is allowed again and the free
     memory is returned (`malloc_trim`), so the peak is the loop's working set, once. A
     no-op without glibc."""
     libc = _glibc()
@@ -56,7 +59,8 @@ def reused_heap():
         yield
     finally:
         libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        libc.mallopt(_M_MMAP_THRESHOLD, _SETTLED_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _SETTLED_TRIM_THRESHOLD)
         libc.malloc_trim(0)
 
 
