@@ -10,6 +10,7 @@ SCHEMES = ("awq-int4", "rtn-int4", "fp8")
 FORMATS = ("autoawq", "compressed-tensors")
 FP8_WEIGHT_GRANULARITIES = ("channel", "tensor")
 FP8_ACTIVATION_MODES = ("dynamic", "static")
+KEEP_AS = ("fp8", "bf16")
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -21,7 +22,13 @@ def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
 class QuantConfig:
     """What `qfid quantize` does. `group_size=None` picks the model's default (see
     `primitives.default_group_size`); `format=None` picks autoawq for INT4 and
-    compressed-tensors for FP8 (the only format that can hold FP8)."""
+    compressed-tensors for FP8 (the only format that can hold FP8).
+
+    `keep` names Linears (full checkpoint names, without `.weight`) stored as `keep_as`
+    instead of the scheme: FP8 per-channel (compressed-tensors only: one config group per
+    scheme) or the source's 16-bit dtype (listed as not converted, so any format holds it).
+    AWQ still searches and folds its scales through kept layers, so the block computes the
+    same function; only their storage differs. The sweep's `+keep:N` fills it."""
 
     scheme: str = "awq-int4"
     group_size: int | None = None
@@ -35,11 +42,19 @@ class QuantConfig:
     awq_grid: int = 20
     awq_clip: bool = True
     ignore: list[str] = field(default_factory=lambda: ["lm_head"])
+    keep: list[str] = field(default_factory=list)
+    keep_as: str = "fp8"
 
     def __post_init__(self) -> None:
         _one_of("scheme", self.scheme, SCHEMES)
+        _one_of("keep precision", self.keep_as, KEEP_AS)
+        keeps_fp8 = bool(self.keep) and self.keep_as == "fp8"
+        if keeps_fp8 and self.scheme == "fp8":
+            raise QfidError("keeping layers in FP8 needs an INT4 scheme; keep them in bf16 instead")
         if self.format is None:
-            self.format = "compressed-tensors" if self.scheme == "fp8" else "autoawq"
+            self.format = "compressed-tensors" if self.scheme == "fp8" or keeps_fp8 else "autoawq"
+        if keeps_fp8 and self.format == "autoawq":
+            raise QfidError("the autoawq format holds INT4 only; layers kept in FP8 need --format compressed-tensors")
         _one_of("format", self.format, FORMATS)
         if self.scheme == "fp8" and self.format == "autoawq":
             raise QfidError("the autoawq format holds INT4 only; use --format compressed-tensors for fp8")

@@ -35,6 +35,7 @@ from qfid.quant.block_capture import BlockBatch, capture_block_inputs, run_block
 from qfid.quant.block_layout import describe_block
 from qfid.quant.codecs import LinearPlan, quantization_config
 from qfid.quant.drift import next_token_nll, perplexity_of
+from qfid.quant.keep import plan_linears, store_kept
 from qfid.quant.partial import PartialCheckpoint
 from qfid.layouts.primitives import default_group_size
 from qfid.quant.schemes import SCHEMES, BlockJob, BlockOutcome
@@ -197,8 +198,8 @@ class _Run:
         self.shapes = shapes
         is_int4 = self.handler.codec == "int4"
         self.group_size, self.group_auto = choose_group_size(shapes, self.config.group_size) if is_int4 else (None, False)
-        plan = self.handler.plan(self.config, self.group_size)
-        self.plans: dict[str, LinearPlan] = {name: plan for name in shapes}
+        base = self.handler.plan(self.config, self.group_size)
+        self.plans: dict[str, LinearPlan] = plan_linears(shapes, base, self.config, self.spec)
 
     def _calibrate(self) -> None:
         from qfid.quant.calib import load_calibration
@@ -280,6 +281,7 @@ class _Run:
         job = BlockJob(block, prefix, describe_block(block, self.spec), self.spec, self.config, self.group_size,
                        streams.calib, self.score_dtype)
         outcome = self.handler.quantize_block(job)
+        store_kept(block, prefix, outcome.quantized, self.config)
         if drift_in_calib:
             streams.drift_fp = [BlockBatch(outcome.calib_out[0].hidden, streams.drift_fp[0].kwargs)]
         for stage, seconds in outcome.timings.items():
