@@ -10,7 +10,8 @@ listed there):
     testing: tiny random checkpoints for tests and benchmarks; nothing in qfid imports it
     qfid: this facade (load, quantize, LLM); any module may read qfid.__version__
     cli: one module per command (parse, call the library, render)
-    demo: the bundled walk-through that `qfid demo` runs
+    demo: the bundled walk-through that `qfid demo` runs (a sweep with defaults)
+    sweep: quantize several schemes, evaluate, compare, gate, recommend (`qfid sweep`)
     bench: the benchmark harness `qfid bench` and bench/*.py share (workloads, HF engines, traces)
     evals: suites, backends, runs, compare, gate, reports
     engine: the paged continuous-batching runtime

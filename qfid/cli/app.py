@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from qfid.cli import demo, models, quantize, suites
+from qfid.cli import demo, models, quantize, suites, sweep
 from qfid.cli import eval as eval_cli
 from qfid.cli import compare, gate, report
 from qfid.cli import bench, generate, serve
@@ -26,6 +26,7 @@ app = typer.Typer(
 app.command("quantize", help=quantize.HELP)(quantize.quantize_command)
 app.command("models", help=models.HELP)(models.models_command)
 app.command("demo", help=demo.HELP)(demo.demo_command)
+app.command("sweep", help=sweep.HELP)(sweep.sweep_command)
 app.add_typer(suites.app, name="suites", help=suites.HELP)
 app.command("eval", help=eval_cli.HELP)(eval_cli.eval_command)
 app.command("compare", help=compare.HELP)(compare.compare_command)

@@ -52,7 +52,7 @@ def eval_command(
     from pathlib import Path
 
     from qfid.evals.backends import make_backend
-    from qfid.evals.runner import RunOptions, build_manifest, now, run_suites
+    from qfid.evals.runner import RunOptions, evaluate_run
     from qfid.evals.store import RunStore
     from qfid.evals.suite import load_suites
 
@@ -67,10 +67,8 @@ def eval_command(
         backend_options |= {"dtype": _dtype(dtype), "device": device}
     runner_backend = make_backend(backend, model, **backend_options)
     store = RunStore(Path(runs_dir), name)
-    store.open(build_manifest(name, runner_backend, suites, options), overwrite=overwrite)
     with _progress(getattr(runner_backend, "stats", None)) as progress:
-        results = run_suites(runner_backend, suites, store, options, progress)
-    store.finish(results, now())
+        results = evaluate_run(name, runner_backend, suites, store, options, overwrite, progress)
     _print_results(name, store.path, results)
 
 

@@ -35,7 +35,7 @@ def quantize_command(
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="autoawq | compressed-tensors (default: autoawq for INT4, compressed-tensors for FP8)."),
     weights: str = typer.Option("channel", "--weights", help="FP8 weight scales: channel | tensor."),
     activations: str = typer.Option("dynamic", "--activations", help="FP8 activation scales: dynamic (per token) | static (per tensor, from calibration)."),
-    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration data: a .txt/.jsonl file or a datasets name (default: qfid's built-in mixed corpus)."),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration data: a .txt/.jsonl file, datasets:NAME[:CONFIG][:SPLIT], or suite:NAMES (the suites' calibration split, never their eval items) (default: qfid's built-in mixed corpus)."),
     calib_samples: int = typer.Option(16, "--calib-samples", help="Number of calibration sequences."),
     calib_seq_len: int = typer.Option(512, "--calib-seq-len", help="Tokens per calibration sequence."),
     no_clip: bool = typer.Option(False, "--no-clip", help="AWQ: skip the clip search."),
@@ -49,9 +49,22 @@ def quantize_command(
 
     config = QuantConfig(
         scheme=scheme, group_size=group_size, format=fmt, fp8_weights=weights, fp8_activations=activations,
-        calib=calib, calib_samples=calib_samples, calib_seq_len=calib_seq_len, awq_clip=not no_clip, seed=seed,
+        calib=_calibration_source(calib), calib_samples=calib_samples, calib_seq_len=calib_seq_len, awq_clip=not no_clip, seed=seed,
     )
     with progress_callback() as progress:
         result = quantize_model(model, config, output, overwrite=overwrite, progress=progress, device=device,
                                 offload_activations=offload_activations)
     print_summary(result)
+
+
+def _calibration_source(calib: str | None) -> str | None:
+    """`suite:NAMES` written out as a .jsonl in the cache (the quantizer reads files; the
+    checkpoint folder holds only what loaders read); anything else as given."""
+    from qfid.evals.calib_split import is_suite_calibration, write_suite_calibration
+    from qfid.paths import cache_dir
+
+    if not is_suite_calibration(calib):
+        return calib
+    folder = cache_dir() / "calib"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(write_suite_calibration(calib, folder))

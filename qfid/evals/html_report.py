@@ -30,8 +30,9 @@ CAPTIONS = {
 }
 
 
-def render_html(comparisons: list[Comparison], figures: dict[str, bytes], title: str) -> str:
-    body = [f"<h1>{escape(title)}</h1>", _runs_paragraph(comparisons), "<h2>Overview</h2>",
+def render_html(comparisons: list[Comparison], figures: dict[str, bytes], title: str, preface: str = "") -> str:
+    """`preface`: HTML a caller puts before the comparisons (the sweep's tables and plot)."""
+    body = [f"<h1>{escape(title)}</h1>", preface, _runs_paragraph(comparisons), "<h2>Overview</h2>",
             _table(OVERVIEW_HEADERS, [(overview_cells(c), False) for c in comparisons])]
     body += ["<h2>Plots</h2>"] + [_figure(name, png) for name, png in figures.items()]
     for comparison in comparisons:
@@ -63,6 +64,17 @@ def _comparison_section(comparison: Comparison) -> str:
     return "<section>" + "\n".join(parts) + "</section>"
 
 
+def table_html(headers, rows) -> str:
+    """rows: (cells, flagged) pairs; flagged rows are highlighted as regressions."""
+    return _table(headers, rows)
+
+
+def figure_html(name: str, png: bytes, caption: str | None = None) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    caption = caption or CAPTIONS.get(name, name)
+    return f'<figure id="plot-{name}"><img alt="{escape(caption)}" src="data:image/png;base64,{data}"><figcaption>{escape(caption)}</figcaption></figure>'
+
+
 def _table(headers, rows) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join(("<tr class=\"regression\">" if flagged else "<tr>") + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>"
@@ -71,9 +83,7 @@ def _table(headers, rows) -> str:
 
 
 def _figure(name: str, png: bytes) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    caption = CAPTIONS.get(name, name)
-    return f'<figure id="plot-{name}"><img alt="{escape(caption)}" src="data:image/png;base64,{data}"><figcaption>{escape(caption)}</figcaption></figure>'
+    return figure_html(name, png)
 
 
 def _notes(comparisons: list[Comparison]) -> str:

@@ -8,6 +8,7 @@ renders on GitHub next to the committed files).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qfid.errors import QfidError
@@ -38,17 +39,32 @@ def report_paths(output: str | Path) -> dict[str, Path]:
     return {"html": html, "md": stem.with_suffix(".md"), "json": stem.with_suffix(".json"), "plots": stem.parent / f"{stem.name}-plots"}
 
 
-def write_report(comparisons: list[Comparison], output: str | Path, title: str | None = None) -> dict[str, Path]:
+@dataclass
+class Preface:
+    """What a caller puts before the comparisons (the sweep: its table, plot and verdict),
+    in both renderings; `figures` are written beside the report's own plots."""
+
+    html: str
+    markdown: str
+    figures: dict[str, bytes] = field(default_factory=dict)
+
+
+def write_report(comparisons: list[Comparison], output: str | Path, title: str | None = None,
+                 preface: Preface | None = None) -> dict[str, Path]:
     paths = report_paths(output)
     title = title or f"qfid report: {', '.join(c.candidate['name'] for c in comparisons)} vs {comparisons[0].baseline['name']}"
     figures = report_figures(comparisons)
     paths["plots"].mkdir(parents=True, exist_ok=True)
     links = {}
-    for name, png in figures.items():
+    for name, png in {**figures, **(preface.figures if preface else {})}.items():
         (paths["plots"] / f"{name}.png").write_bytes(png)
         links[name] = f"{paths['plots'].name}/{name}.png"
-    atomic_write_text(paths["html"], render_html(comparisons, figures, title))
-    atomic_write_text(paths["md"], report_markdown(comparisons, links, title))
+    atomic_write_text(paths["html"], render_html(comparisons, figures, title, preface.html if preface else ""))
+    markdown = report_markdown(comparisons, {k: v for k, v in links.items() if k in figures}, title)
+    if preface:
+        head, _, rest = markdown.partition("\n")
+        markdown = f"{head}\n\n{preface.markdown}\n{rest}"
+    atomic_write_text(paths["md"], markdown)
     atomic_write_text(paths["json"], json.dumps([c.to_dict() for c in comparisons], indent=2, ensure_ascii=False) + "\n")
     return paths
 

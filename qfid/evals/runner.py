@@ -65,6 +65,16 @@ def build_manifest(name: str, backend: Backend, suites: list[Suite], options: Ru
             "qfid_version": __version__, "started": now()}
 
 
+def evaluate_run(name: str, backend: Backend, suites: list[Suite], store: RunStore, options: RunOptions,
+                 overwrite: bool = False, progress=None) -> dict:
+    """`qfid eval`'s whole job, which the sweep runs too: start or resume run `name` in
+    `store`, evaluate every unfinished item, mark the run complete; its results summary."""
+    store.open(build_manifest(name, backend, suites, options), overwrite=overwrite)
+    results = run_suites(backend, suites, store, options, progress)
+    store.finish(results, now())
+    return results
+
+
 def run_suites(backend: Backend, suites: list[Suite], store: RunStore, options: RunOptions, progress=None) -> dict:
     """Evaluate every selected, unfinished item; returns the per-suite results summary."""
     chat = getattr(backend, "format_chat", None) if options.chat else None

@@ -31,7 +31,7 @@ import yaml
 from qfid.errors import QfidError
 from qfid.evals.doc_to import DocTo
 from qfid.evals.item_rows import RowSpec, items_from_rows
-from qfid.evals.item_sources import read_rows
+from qfid.evals.item_sources import Row, read_rows
 from qfid.evals.items import Item
 from qfid.evals.suite_check import check_suite_consistency
 from qfid.evals.templates import check_template
@@ -41,7 +41,7 @@ from qfid.evals.validation import (
 from qfid.paths import bundled_dir
 
 SUITE_KEYS = ("name", "version", "description", "prompt", "fewshot", "scorer", "generation", "items", "text", "lang",
-              "columns", "doc_to_text", "doc_to_target", "doc_to_choice")
+              "columns", "doc_to_text", "doc_to_target", "doc_to_choice", "calib_items")
 SCORER_OPTIONS = {
     "numeric": ("rel_tol", "abs_tol", "markers"),
     "exact": ("markers",),
@@ -155,6 +155,7 @@ class Suite:
     items: tuple[Item, ...] = ()
     fewshot: tuple[FewShot, ...] = field(default_factory=tuple)
     warnings: tuple[str, ...] = ()
+    calib_items: str | None = None   # rows for `--calib suite:NAME`, same columns as items (never eval items)
 
     @property
     def categories(self) -> list[str]:
@@ -232,6 +233,7 @@ def _suite_from_dict(data, path: Path) -> Suite:
         name=data["name"], version=str(data.get("version", "1")), description=str(data.get("description", "")).strip(),
         prompt=prompt, scorer=scorer, generation=_generation(data.get("generation") or {}), source=path,
         items=tuple(items), fewshot=_fewshot(data.get("fewshot") or []), warnings=tuple(warnings),
+        calib_items=_calib_items(data),
     )
     check_suite_consistency(suite)
     return suite
@@ -310,6 +312,21 @@ def _items(data: dict, path: Path, scorer: ScorerSpec) -> tuple[list[Item], list
         raise SchemaError("lang", "only with text: (items carry their own lang)")
     require_type("items", data["items"], str, "a file path relative to the suite YAML, or datasets:NAME[:CONFIG]:SPLIT")
     return items_from_rows(read_rows(data["items"], path.parent), _row_spec(data, scorer))
+
+
+def _calib_items(data: dict) -> str | None:
+    if "calib_items" not in data:
+        return None
+    require_type("calib_items", data["calib_items"], str, "a file path relative to the suite YAML")
+    return data["calib_items"]
+
+
+def items_from_suite_rows(suite: Suite, rows: list[dict], origin: str) -> list[Item]:
+    """Rows in the suite's own item format (e.g. a generator's output, or `calib_items`)
+    read as Items with the suite's column mapping."""
+    data = yaml.safe_load(suite.source.read_text(encoding="utf-8"))
+    wrapped = [Row(origin, row, index=i + 1) for i, row in enumerate(rows)]
+    return items_from_rows(wrapped, _row_spec(data, suite.scorer))[0]
 
 
 def _row_spec(data: dict, scorer: ScorerSpec) -> RowSpec:

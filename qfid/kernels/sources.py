@@ -6,12 +6,11 @@ qfid-private module name.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 from qfid.paths import bundled_dir
+from qfid.utils.modules import import_file
 
 _PREFIX = "qfid_kernel_sources"
 
@@ -30,15 +29,4 @@ def load_source_module(kind: str, stem: str) -> ModuleType:
     Registered in sys.modules before execution so that Triton can find the source of its
     jitted functions and sibling modules load only once.
     """
-    name = f"{_PREFIX}.{kind}.{stem}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, source_path(kind, f"{stem}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+    return import_file(f"{_PREFIX}.{kind}.{stem}", source_path(kind, f"{stem}.py"))

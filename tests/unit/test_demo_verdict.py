@@ -3,7 +3,7 @@ smaller scheme lose that suite (and only that suite), and the control check noti
 general control did not move."""
 from __future__ import annotations
 
-from qfid.demo import ship_verdict
+from qfid.evals.verdict import ship_verdict
 from qfid.evals.report import compare_many
 from tests.unit.test_compare import paired_runs, write_run, record
 

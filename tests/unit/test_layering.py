@@ -16,9 +16,7 @@ import qfid
 
 ROOT = Path(qfid.__file__).parent
 FIXTURE = Path(__file__).with_name("layering_fixture.py")
-EXCEPTIONS = {
-    ("qfid/demo.py", "cli"): "demo.py draws its progress bar with cli.progress; demo.py belongs to the demo issue",
-}
+EXCEPTIONS: dict[tuple[str, str], str] = {}
 _LAYER_LINE = re.compile(r"^    ([a-z_]+(?:, [a-z_]+)*): ")
 
 
