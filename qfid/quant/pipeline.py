@@ -109,9 +109,12 @@ class _Stopwatch:
 
 def quantize_model(model: str, config: QuantConfig, output_dir: str | Path, overwrite: bool = False,
                    progress=None, device: str = "auto", offload_activations: bool | None = None,
-                   warn=None) -> QuantResult:
+                   warn=None, notes: dict | None = None) -> QuantResult:
+    """`notes`: extra JSON-ready entries for qfid_quant.json (the sweep records why layers
+    were kept: their sensitivity ranks and KL)."""
     run = _Run(model, config, Path(output_dir), overwrite, progress, device, offload_activations,
                warn or (lambda message: print(f"warning: {message}", file=sys.stderr)))
+    run.notes = dict(notes or {})
     return run.execute()
 
 
@@ -155,6 +158,7 @@ class _Run:
         self.block_seconds: list[float] = []
         self.search_timings: dict[str, float] = {}   # inside the blocks, by search stage (AWQ)
         self.fallbacks: dict[str, str] = {}
+        self.notes: dict = {}
 
     def execute(self) -> QuantResult:
         with self.watch("load"):
@@ -361,6 +365,7 @@ class _Run:
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "python": platform.python_version()},
             "artifact": artifact,
+            **self.notes,
         }
 
     def _result(self) -> QuantResult:

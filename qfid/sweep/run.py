@@ -57,6 +57,7 @@ class Candidate:
     path: Path
     config: QuantConfig
     kept_units: list[list[str]] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)   # for qfid_quant.json
 
 
 @dataclass
@@ -121,10 +122,14 @@ class _Sweep:
             base = _base_scheme(scheme)
             candidate = Candidate(scheme.name, scheme, self._checkpoints / base.folder, base.quant_config(calib))
         else:
-            units = [list(s.unit) for s in self._ranking(scheme)[:n]]
+            ranked = self._ranking(scheme)[:n]
+            units = [list(s.unit) for s in ranked]
             keep = [name for unit in units for name in unit]
+            why = {"kept_units": [{"rank": i + 1, "unit": list(s.unit), "kl": s.kl} for i, s in enumerate(ranked)],
+                   "sensitivity": "mean KL of the final next-token distributions with the unit alone quantized "
+                                  f"({RANKING_SAMPLES} x {RANKING_SEQ_LEN} calibration tokens)"}
             candidate = Candidate(scheme.name, scheme, self._checkpoints / scheme.folder,
-                                  scheme.quant_config(calib, keep), units)
+                                  scheme.quant_config(calib, keep), units, why)
         self._quantize(candidate)
         return candidate
 
@@ -156,7 +161,8 @@ class _Sweep:
             return
         self.console.print(f"quantize {candidate.name} -> {candidate.path}")
         with (self.o.quant_progress() if self.o.quant_progress else nullcontext()) as progress:
-            quantize_model(str(self.source), candidate.config, candidate.path, overwrite=True, progress=progress)
+            quantize_model(str(self.source), candidate.config, candidate.path, overwrite=True, progress=progress,
+                           notes=candidate.notes)
 
     def _ranking(self, scheme: SweepScheme) -> list:
         """The base checkpoint's units, most sensitive first (measured once per base)."""

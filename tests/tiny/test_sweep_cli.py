@@ -51,6 +51,8 @@ def test_sweep_recommends_the_smallest_passing_checkpoint(tiny_llama_dir, tmp_pa
     assert "Pareto front" in (report / "report.html").read_text()
     config = json.loads((tmp_path / "sw" / "checkpoints" / "rtn-int4+keep16-2" / "config.json").read_text())
     assert set(kept[0]) <= set(config["quantization_config"]["modules_to_not_convert"])
+    meta = json.loads((tmp_path / "sw" / "checkpoints" / "rtn-int4+keep16-2" / "qfid_quant.json").read_text())
+    assert [u["unit"] for u in meta["kept_units"]] == kept and meta["kept_units"][0]["kl"] == ranking[0]["kl"]
 
 
 def test_nothing_passes_exits_1_and_a_rerun_reuses_everything(tiny_llama_dir, tmp_path, gates, capsys, monkeypatch):
