@@ -146,7 +146,8 @@ def _qfid_runner(spec: BenchSpec):
     from qfid.engine.llm import LLM
 
     llm = LLM(spec.model_dir, dtype=spec.dtype, device=spec.device, num_threads=spec.threads, kv_cache_gb=spec.kv_cache_gb,
-              max_num_batched_tokens=spec.max_num_batched_tokens)
+              max_num_batched_tokens=spec.max_num_batched_tokens, speculative=spec.speculative,
+              num_speculative_tokens=spec.num_speculative_tokens, speculative_max_batch=spec.speculative_max_batch)
     llm.generate([[1, 2, 3, 4]], _greedy(2))  # warm-up: first-call allocations off the clock
     tracker = KvTracker(llm.engine)
     return (lambda workload: _replay_qfid(llm.engine, workload, tracker)), tracker.summary
@@ -213,7 +214,9 @@ class KvTracker:
                 "kv_total_blocks": self.engine.block_manager.num_blocks,
                 "kv_waste_share": self.peak_waste,
                 "kv_waste_share_mean": 1 - self.filled_slots / self.held_slots if self.held_slots else 0.0,
-                "preemptions": self.engine.scheduler.num_preemptions}
+                "preemptions": self.engine.scheduler.num_preemptions,
+                **({f"spec_{k}": v for k, v in self.engine.scheduler.spec_stats.to_dict().items()}
+                   if self.engine.scheduler.proposer is not None else {})}
 
 
 def _worker_main(job_path: str, out_path: str) -> None:

@@ -17,6 +17,9 @@ class BenchSpec:
     hf_batch: int = 16
     kv_cache_gb: float = 1.0
     max_num_batched_tokens: int = 2048
+    speculative: str | None = None
+    num_speculative_tokens: int = 4
+    speculative_max_batch: int = 8
 
 
 @dataclass

@@ -46,6 +46,9 @@ def bench_command(
     max_num_batched_tokens: int = typer.Option(2048, "--max-batched-tokens", help="Token budget of one step (qfid and hf-cb)."),
     isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="One process per engine (clean peak RSS)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the records (one per engine) to this file."),
+    speculative: Optional[str] = typer.Option(None, "--speculative", help="qfid engine: speculative decoding (ngram)."),
+    num_speculative_tokens: int = typer.Option(4, "--num-speculative-tokens", help="Drafts per step with --speculative."),
+    speculative_max_batch: int = typer.Option(8, "--speculative-max-batch", help="Speculate only while at most this many sequences run."),
 ) -> None:
     from qfid.bench.harness import BenchSpec, resolve_model, run_all
     from qfid.bench.workload import make_workload, parse_range
@@ -55,7 +58,8 @@ def bench_command(
     tokenizer = load_tokenizer(model_dir)
     draws = make_workload(tokenizer, requests, parse_range(prompt_len, "--prompt-len"),
                           parse_range(output_len, "--output-len"), seed, workload, rate, prompt_source)
-    spec = BenchSpec(str(model_dir), dtype or scheme_dtype, device, threads, hf_batch, kv_cache_gb, max_num_batched_tokens)
+    spec = BenchSpec(str(model_dir), dtype or scheme_dtype, device, threads, hf_batch, kv_cache_gb, max_num_batched_tokens,
+                     speculative, num_speculative_tokens, speculative_max_batch)
     names = [name.strip() for name in engines.split(",") if name.strip()]
     results = run_all(names, spec, draws, isolate, progress=lambda name: typer.echo(f"running {name} ...", err=True))
     _print_table(results, f"{model} ({scheme}, {spec.dtype}), {workload}, {requests} requests, seed {seed}")
@@ -70,7 +74,9 @@ ROWS = (("output tokens/s", "output_tokens_per_s", "{:.1f}"), ("requests/s", "re
         ("wall", "wall_s", "{:.1f} s"), ("CPU", "cpu_s", "{:.1f} s"), ("CPU / wall", "cpu_per_wall", "{:.2f}"),
         ("load (incl. imports)", "load_s", "{:.1f} s"), ("peak RSS", "peak_rss_mb", "{:.0f} MB"),
         ("KV used at peak / reserved", None, None), ("KV waste at peak", "kv_waste_share", "{:.1%}"),
-        ("KV waste, step mean", "kv_waste_share_mean", "{:.1%}"), ("preemptions", "preemptions", "{}"))
+        ("KV waste, step mean", "kv_waste_share_mean", "{:.1%}"), ("preemptions", "preemptions", "{}"),
+        ("spec. acceptance rate", "spec_acceptance_rate", "{:.1%}"),
+        ("spec. tokens / verify step", "spec_tokens_per_verify_step", "{:.2f}"))
 
 
 def _print_table(results, title: str) -> None:

@@ -47,6 +47,9 @@ def serve_command(
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QFID_API_KEY", show_envvar=True, show_default=False,
                                           help="Require 'Authorization: Bearer KEY' on /v1 routes."),
     max_logprobs: int = typer.Option(20, "--max-logprobs", help="Most logprobs a request may ask for (larger gets 400)."),
+    speculative: Optional[str] = typer.Option(None, "--speculative", help="Speculative decoding: ngram (prompt lookup, no draft model)."),
+    num_speculative_tokens: int = typer.Option(4, "--num-speculative-tokens", help="Drafts per step with --speculative."),
+    speculative_max_batch: int = typer.Option(8, "--speculative-max-batch", help="Speculate only while at most this many sequences run."),
 ) -> None:
     try:
         from qfid.engine.server import serve
@@ -56,4 +59,5 @@ def serve_command(
     serve(model, host=host, port=port, served_name=served_name, max_pending=max_pending, api_key=api_key,
           max_logprobs=max_logprobs, dtype=dtype, device=device, gpu_memory_utilization=gpu_memory_utilization,
           kv_cache_gb=kv_cache_gb, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-          max_model_len=max_model_len, num_threads=threads, enforce_eager=enforce_eager)
+          max_model_len=max_model_len, num_threads=threads, enforce_eager=enforce_eager, speculative=speculative,
+          num_speculative_tokens=num_speculative_tokens, speculative_max_batch=speculative_max_batch)

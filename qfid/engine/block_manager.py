@@ -121,14 +121,25 @@ class BlockManager:
         """Drop the sequence's references; blocks nobody holds go to the free list, last
         block first, so a prefix's tail is evicted before its head."""
         for block_id in reversed(seq.block_table):
-            block = self.blocks[block_id]
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                self._free[block_id] = None
-            elif block.ref_count < 0:
-                raise RuntimeError(f"block {block_id} freed more often than allocated")
+            self._release(block_id)
         seq.block_table = []
         seq.num_computed_tokens = 0
+
+    def trim(self, seq: Sequence) -> None:
+        """Release the blocks past those the sequence's tokens need: after speculative
+        verification, blocks taken for drafts that were rejected."""
+        keep = self.blocks_for(seq.num_tokens)
+        for block_id in reversed(seq.block_table[keep:]):
+            self._release(block_id)
+        del seq.block_table[keep:]
+
+    def _release(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        block.ref_count -= 1
+        if block.ref_count == 0:
+            self._free[block_id] = None
+        elif block.ref_count < 0:
+            raise RuntimeError(f"block {block_id} freed more often than allocated")
 
     def _extend_hashes(self, seq: Sequence, num_full_blocks: int) -> None:
         """Hashes are a function of the tokens only, so they survive preemption."""

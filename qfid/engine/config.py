@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qfid.engine.speculative import SPECULATIVE_METHODS
 from qfid.errors import QfidError
 from qfid.models.placement import check_dtype_name
 
@@ -20,7 +21,9 @@ class EngineConfig:
     the device's memory less what the model and its largest step use (`kv_cache_gb` is the
     CPU's budget). `attention` forces an attention backend (torch | cpu | triton; else the
     device's default or QFID_ATTENTION). `enforce_eager` turns off CUDA graphs for decode
-    steps (vLLM's flag)."""
+    steps (vLLM's flag). `speculative="ngram"` turns on speculative decoding by prompt
+    lookup with up to `num_speculative_tokens` drafts per step while at most
+    `speculative_max_batch` sequences run (engine/speculative.py)."""
 
     dtype: str = "auto"
     device: str = "auto"
@@ -35,6 +38,9 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     attention: str | None = None
     enforce_eager: bool = False
+    speculative: str | None = None
+    num_speculative_tokens: int = 4
+    speculative_max_batch: int = 8
 
     def __post_init__(self) -> None:
         check_dtype_name(self.dtype)
@@ -50,5 +56,11 @@ class EngineConfig:
             raise QfidError("max_num_batched_tokens and max_num_seqs must be at least 1")
         if self.num_threads is not None and self.num_threads < 1:
             raise QfidError(f"num_threads must be at least 1; got {self.num_threads}")
+        if self.speculative is not None and self.speculative not in SPECULATIVE_METHODS:
+            raise QfidError(f"speculative must be one of {', '.join(SPECULATIVE_METHODS)}; got {self.speculative!r}")
+        if not 1 <= self.num_speculative_tokens <= 16:
+            raise QfidError(f"num_speculative_tokens must be between 1 and 16; got {self.num_speculative_tokens}")
+        if self.speculative_max_batch < 1:
+            raise QfidError(f"speculative_max_batch must be at least 1; got {self.speculative_max_batch}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise QfidError(f"max_model_len must be at least 2; got {self.max_model_len}")

@@ -16,6 +16,7 @@ from qfid.engine.outputs import RequestOutput
 from qfid.engine.sampling import SamplingParams
 from qfid.engine.scheduler import ScheduledBatch, Scheduler
 from qfid.engine.sequence import Sequence
+from qfid.engine.speculative import make_proposer
 from qfid.errors import QfidError
 
 
@@ -36,7 +37,8 @@ class LLMEngine:
         num_blocks = num_kv_blocks(model, config, self.max_model_len)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
-                                   self.max_model_len, eos_token_ids)
+                                   self.max_model_len, eos_token_ids, make_proposer(config),
+                                   config.speculative_max_batch)
         self.model_runner = ModelRunner(model, num_blocks, config.block_size, config.max_num_seqs, self.max_model_len,
                                         use_graphs=not config.enforce_eager)
         self.requests: dict[int, Request] = {}
@@ -99,7 +101,9 @@ def record_logprobs(batch: ScheduledBatch, output: StepOutput) -> None:
     already scored before a preemption is not scored twice, and positions skipped before
     `prompt_logprobs_start` read None."""
     for seq, entry, prompt_entries in zip(batch.seqs, output.logprobs, output.prompt_logprobs):
-        if entry is not None:
+        if isinstance(entry, list):   # verified drafts: one entry per emitted token
+            seq.output_logprobs.extend(entry)
+        elif entry is not None:
             seq.output_logprobs.append(entry)
         for position in sorted(prompt_entries):
             if position >= len(seq.prompt_logprobs):

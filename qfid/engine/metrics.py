@@ -16,6 +16,8 @@ def render_metrics(async_engine, model_name: str) -> str:
         "qfid_kv_cache_blocks_total": ("KV-cache blocks allocated", blocks.num_blocks),
         "qfid_kv_cache_usage_ratio": ("fraction of KV-cache blocks in use", blocks.num_used_blocks / blocks.num_blocks),
         "qfid_generation_tokens_per_second": ("output tokens per second over the last 10 s", stats.tokens_per_second()),
+        "qfid_spec_decode_acceptance_rate": ("accepted / drafted speculative tokens", scheduler.spec_stats.acceptance_rate),
+        "qfid_spec_decode_tokens_per_step": ("tokens emitted per speculative verify step", scheduler.spec_stats.tokens_per_step),
     }
     counters = {
         "qfid_generation_tokens_total": ("output tokens generated", stats.generation_tokens),
@@ -25,6 +27,8 @@ def render_metrics(async_engine, model_name: str) -> str:
         "qfid_preemptions_total": ("sequences preempted for KV-cache space", scheduler.num_preemptions),
         "qfid_prefix_cache_hits_total": ("requests that reused cached prefix blocks", blocks.prefix_hits),
         "qfid_engine_steps_total": ("engine steps run", stats.steps),
+        "qfid_spec_decode_draft_tokens_total": ("speculative tokens drafted", scheduler.spec_stats.drafted),
+        "qfid_spec_decode_accepted_tokens_total": ("speculative tokens accepted", scheduler.spec_stats.accepted),
     }
     lines = []
     for kind, metrics in (("gauge", gauges), ("counter", counters)):

@@ -1,5 +1,6 @@
 """Owns the KV cache and runs one scheduled batch through the model: flat inputs in,
-one sampled token per finished chunk out, plus the logprobs requests asked for.
+one sampled token per finished chunk out (the verified tokens where a chunk carried
+speculative drafts: speculative.py), plus the logprobs requests asked for.
 
 The LM head is the most expensive matmul per row (vocab-wide), so it runs only on the rows
 that need logits: each sequence's last token when its chunk completes it, and prompt
@@ -22,19 +23,21 @@ import torch
 from qfid.engine.batch_inputs import BatchInputs, prepare_inputs, stage
 from qfid.engine.cuda_graphs import DecodeGraphs
 from qfid.engine.kv_cache import allocate_kv_cache
-from qfid.engine.sampling import logprob_entries, sample
+from qfid.engine.sampling import generator_of, logprob_entries, sample, sampling_probs
 from qfid.engine.scheduler import ScheduledBatch
+from qfid.engine.speculative import rejection_sample, verify_greedy
 
 PROMPT_LOGITS_ROWS = 256
 
 
 @dataclass
 class StepOutput:
-    """Per batch sequence (batch order): the sampled token (None mid-prefill), its logprob
-    entry when asked for, and new prompt-logprob entries keyed by prompt position."""
+    """Per batch sequence (batch order): the sampled token (None mid-prefill; a list of tokens
+    where drafts were verified), its logprob entry (a list of entries with a list of tokens)
+    when asked for, and new prompt-logprob entries keyed by prompt position."""
 
-    token_ids: list[int | None]
-    logprobs: list[dict[int, float] | None]
+    token_ids: list[int | list[int] | None]
+    logprobs: list[dict[int, float] | list[dict[int, float]] | None]
     prompt_logprobs: list[dict[int, dict[int, float]]]
 
     @classmethod
@@ -70,7 +73,7 @@ class ModelRunner:
         output = StepOutput.empty(len(batch))
         if sampling:
             logits = self.model.compute_logits(hidden.index_select(0, sample_rows)).float()
-            self._sample(output, inputs, sampling, logits)
+            self._sample_all(output, inputs, sampling, logits)
         for first in range(0, len(prompt_rows), PROMPT_LOGITS_ROWS):
             chunk = prompt_rows[first:first + PROMPT_LOGITS_ROWS]
             rows = prompt_row_ids[first:first + PROMPT_LOGITS_ROWS]
@@ -94,10 +97,39 @@ class ModelRunner:
         inputs = prepare_inputs(batch, self.block_size, self.attention)
         sampling = [i for i, seq in enumerate(inputs.seqs) if inputs.starts[i] + inputs.num_new[i] == seq.num_tokens]
         prompt_rows = _prompt_logprob_rows(inputs)
-        sample_rows = torch.tensor([inputs.last_rows[i] for i in sampling], dtype=torch.long)
+        sample_rows = torch.tensor([row for i in sampling for row in _sample_rows(inputs, i)], dtype=torch.long)
         prompt_row_ids = torch.tensor([row for _, _, row in prompt_rows], dtype=torch.long)
         return (inputs, inputs.to(self.device), sampling, stage(sample_rows, self.device), prompt_rows,
                 stage(prompt_row_ids, self.device))
+
+    def _sample_all(self, output: StepOutput, inputs: BatchInputs, sampling: list[int], logits: torch.Tensor) -> None:
+        """Plain rows through the batched sampler; each drafting sequence's 1 + k rows
+        through verification. `logits` holds every sampling sequence's rows in order."""
+        plain, plain_rows, first = [], [], 0
+        for i in sampling:
+            drafts = inputs.seqs[i].num_draft_tokens
+            if drafts:
+                self._verify(output, inputs, i, logits[first:first + drafts + 1])
+            else:
+                plain.append(i)
+                plain_rows.append(first)
+            first += drafts + 1
+        if plain:
+            rows = plain_rows if len(plain_rows) < logits.shape[0] else slice(None)
+            self._sample(output, inputs, plain, logits[rows])
+
+    @staticmethod
+    def _verify(output: StepOutput, inputs: BatchInputs, i: int, logits: torch.Tensor) -> None:
+        seq = inputs.seqs[i]
+        drafts = seq.token_ids[-seq.num_draft_tokens:]
+        if seq.params.greedy:
+            emitted = verify_greedy(logits.argmax(dim=-1).tolist(), drafts)
+        else:
+            emitted = rejection_sample(sampling_probs(logits, seq.params), drafts, None, generator_of(seq, logits.device))
+        output.token_ids[inputs.order[i]] = emitted
+        if seq.params.logprobs is not None:
+            logprobs = torch.log_softmax(logits[:len(emitted)], dim=-1)
+            output.logprobs[inputs.order[i]] = logprob_entries(logprobs, emitted, [seq.params.logprobs] * len(emitted))
 
     @staticmethod
     def _sample(output: StepOutput, inputs: BatchInputs, sampling: list[int], logits: torch.Tensor) -> None:
@@ -119,6 +151,13 @@ class ModelRunner:
         entries = logprob_entries(logprobs, targets, [inputs.seqs[i].params.prompt_logprobs for i, _, _ in prompt_rows])
         for (i, position, _), entry in zip(prompt_rows, entries):
             output.prompt_logprobs[inputs.order[i]][position] = entry
+
+
+def _sample_rows(inputs: BatchInputs, i: int) -> range:
+    """Flat rows whose logits sample for laid-out sequence i: its last row, and the rows of
+    its drafts' positions before it when it carries drafts."""
+    last = inputs.last_rows[i]
+    return range(last - inputs.seqs[i].num_draft_tokens, last + 1)
 
 
 def _prompt_logprob_rows(inputs: BatchInputs) -> list[tuple[int, int, int]]:

@@ -103,12 +103,26 @@ def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch
 def _exponential_noise(probs: torch.Tensor, seqs: list) -> torch.Tensor:
     noise = torch.empty_like(probs).exponential_()
     for row, seq in enumerate(seqs):
-        seed = seq.params.seed
-        if seed is not None:
-            if seq.generator is None or seq.generator.device != probs.device:
-                seq.generator = torch.Generator(device=probs.device).manual_seed(seed)
-            noise[row].exponential_(generator=seq.generator)
+        generator = generator_of(seq, probs.device)
+        if generator is not None:
+            noise[row].exponential_(generator=generator)
     return noise
+
+
+def generator_of(seq, device: torch.device) -> torch.Generator | None:
+    """A seeded request's own generator on `device` (created on first use); None unseeded."""
+    seed = seq.params.seed
+    if seed is None:
+        return None
+    if seq.generator is None or seq.generator.device != device:
+        seq.generator = torch.Generator(device=device).manual_seed(seed)
+    return seq.generator
+
+
+def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """[N, V] the distributions the sampler draws from for one request's rows (temperature,
+    top-k and top-p applied): what speculative verification compares drafts against."""
+    return _filtered_probs(logits.float(), [params] * logits.shape[0])
 
 
 def logprob_entries(logprobs: torch.Tensor, token_ids: list[int], num_top: list[int]) -> list[dict[int, float]]:

@@ -45,6 +45,7 @@ class Sequence:
         self.prompt_logprobs: list[dict[int, float] | None] = [None]  # the first token has no context
         self.num_preemptions = 0
         self.generator = None
+        self.num_draft_tokens = 0   # speculative drafts at the end of token_ids, pending verification
 
     def __repr__(self) -> str:
         return (f"Sequence(id={self.seq_id}, tokens={self.num_tokens}, computed={self.num_computed_tokens}, "

@@ -137,3 +137,19 @@ def test_double_free_is_detected():
     seq.block_table = table
     with pytest.raises(RuntimeError, match="freed more often"):
         manager.free(seq)
+
+
+def test_trim_releases_blocks_taken_for_rejected_drafts():
+    """A decode step with 6 drafts takes blocks for positions 8..14 (4 blocks of 4); when
+    verification leaves the sequence 11 tokens long, the block past the 11th token goes back."""
+    manager = BlockManager(num_blocks=8, block_size=4)
+    seq = computed(manager, seq_of(range(9)))
+    seq.num_computed_tokens = 8                     # the last prompt token is still to compute
+    manager.allocate(seq, 1 + 6)                    # last token + 6 drafts: positions 8..14
+    assert len(seq.block_table) == 4 and manager.num_free_blocks == 4
+    seq.token_ids += [50, 51]                       # one accepted draft and the model's token: 11 tokens
+    seq.num_computed_tokens = 10
+    manager.trim(seq)
+    assert len(seq.block_table) == 3 and manager.num_free_blocks == 5
+    manager.free(seq)
+    assert manager.num_free_blocks == 8
