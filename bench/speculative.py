@@ -23,12 +23,16 @@ import datetime
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from qfid import LLM, SamplingParams
-from qfid.bench.workload import make_workload
-from qfid.models.default import ensure_default_model
+# bench/kernels.py would shadow the `kernels` package transformers imports: drop this folder
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from qfid import LLM, SamplingParams  # noqa: E402
+from qfid.bench.workload import make_workload  # noqa: E402
+from qfid.models.default import ensure_default_model  # noqa: E402
 
 EXTRACT_REQUESTS = 16
 EXTRACT_WORDS = (60, 140)
