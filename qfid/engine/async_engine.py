@@ -66,18 +66,25 @@ class EngineStats:
     generation_tokens: int = 0
     steps: int = 0
     recent: list[tuple[float, int]] = field(default_factory=list)  # (time, tokens) of the last steps
+    seen: dict[int, int] = field(default_factory=dict)   # request id -> output tokens counted so far
 
     def record_step(self, outputs: list[RequestOutput], window_s: float = 10.0) -> None:
+        """A step may add several tokens to a request (verified speculative drafts): count
+        each output's growth since it was last seen."""
         now = time.monotonic()
         self.steps += 1
-        self.generation_tokens += len(outputs)
-        self.recent.append((now, len(outputs)))
-        while self.recent and self.recent[0][0] < now - window_s:
-            self.recent.pop(0)
+        new_tokens = 0
         for output in outputs:
+            new_tokens += len(output.token_ids) - self.seen.get(output.request_id, 0)
+            self.seen[output.request_id] = len(output.token_ids)
             if output.finished:
+                del self.seen[output.request_id]
                 self.requests_finished += 1
                 self.prompt_tokens += len(output.prompt_token_ids)
+        self.generation_tokens += new_tokens
+        self.recent.append((now, new_tokens))
+        while self.recent and self.recent[0][0] < now - window_s:
+            self.recent.pop(0)
 
     def tokens_per_second(self) -> float:
         if len(self.recent) < 2:
@@ -164,6 +171,7 @@ class AsyncEngine:
         elif command[0] == "abort":
             self.engine.abort(command[1])
             self._streams.pop(command[1], None)
+            self.stats.seen.pop(command[1], None)
 
     def _accept(self, stream: RequestStream, request_id: int | None, error: QfidError | None) -> None:
         """On the event loop: tell the waiting handler; if it has gone, abort the request."""

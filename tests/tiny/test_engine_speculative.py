@@ -100,5 +100,8 @@ def test_served_with_speculation_streams_the_same_text_and_reports_acceptance(ti
         accepted = next(float(line.split()[-1]) for line in metrics.splitlines()
                         if line.startswith("qfid_spec_decode_accepted_tokens_total{"))
         assert accepted > 0 and "qfid_spec_decode_acceptance_rate{" in metrics
+        total = next(float(line.split()[-1]) for line in metrics.splitlines()
+                     if line.startswith("qfid_generation_tokens_total{"))
+        assert total == 24   # every emitted token counted once, several per verify step
     finally:
         server.stop()
