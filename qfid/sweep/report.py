@@ -31,9 +31,9 @@ PARETO_CAPTION = ("Checkpoint size against the worst group's accuracy delta (lef
 
 
 def build_summary(sweep, comparisons: list[Comparison], sizes: dict[str, float], verdict: dict) -> dict:
-    from qfid.sweep.run import BASELINE, _weights_mib
+    from qfid.sweep.run import BASELINE, weights_mib
 
-    base_mib = _weights_mib(sweep.source)
+    base_mib = weights_mib(sweep.source)
     base_tps = sweep.throughput(BASELINE, sweep.source)
     rows = [_baseline_row(sweep, base_mib, base_tps)]
     fid = [fidelity(c, sizes[c.candidate["name"]]) for c in comparisons]

@@ -107,7 +107,7 @@ class _Sweep:
         from qfid.evals.verdict import ship_verdict
         from qfid.sweep.report import build_summary, write_sweep_report
 
-        sizes = {c.name: _weights_mib(c.path) for c in self.candidates}
+        sizes = {c.name: weights_mib(c.path) for c in self.candidates}
         verdict = ship_verdict(comparisons, sizes, self.o.gate, BASELINE)
         summary = build_summary(self, comparisons, sizes, verdict)
         paths = write_sweep_report(self, comparisons, summary)
@@ -270,7 +270,7 @@ def _source_dir(model: str) -> Path:
     return path
 
 
-def _weights_mib(path: Path) -> float:
+def weights_mib(path: Path) -> float:
     """The checkpoint's weight files (what a server loads), not its tokenizer or artifacts."""
     return sum(f.stat().st_size for f in path.glob("*.safetensors")) / 2**20
 
