@@ -46,7 +46,7 @@ def bench_command(
     max_num_batched_tokens: int = typer.Option(2048, "--max-batched-tokens", help="Token budget of one step (qfid and hf-cb)."),
     isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="One process per engine (clean peak RSS)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the records (one per engine) to this file."),
-    speculative: Optional[str] = typer.Option(None, "--speculative", help="qfid engine: speculative decoding (ngram)."),
+    speculative: Optional[str] = typer.Option(None, "--speculative", help="qfid engine: speculative decoding (ngram, or draft:PATH)."),
     num_speculative_tokens: int = typer.Option(4, "--num-speculative-tokens", help="Drafts per step with --speculative."),
     speculative_max_batch: int = typer.Option(8, "--speculative-max-batch", help="Speculate only while at most this many sequences run."),
 ) -> None:

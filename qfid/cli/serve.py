@@ -47,7 +47,7 @@ def serve_command(
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QFID_API_KEY", show_envvar=True, show_default=False,
                                           help="Require 'Authorization: Bearer KEY' on /v1 routes."),
     max_logprobs: int = typer.Option(20, "--max-logprobs", help="Most logprobs a request may ask for (larger gets 400)."),
-    speculative: Optional[str] = typer.Option(None, "--speculative", help="Speculative decoding: ngram (prompt lookup, no draft model)."),
+    speculative: Optional[str] = typer.Option(None, "--speculative", help="Speculative decoding: ngram (prompt lookup) or draft:PATH (a smaller model sharing the tokenizer)."),
     num_speculative_tokens: int = typer.Option(4, "--num-speculative-tokens", help="Drafts per step with --speculative."),
     speculative_max_batch: int = typer.Option(8, "--speculative-max-batch", help="Speculate only while at most this many sequences run."),
 ) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qfid.engine.speculative import SPECULATIVE_METHODS
+from qfid.engine.speculative import SPECULATIVE_METHODS, is_speculative_method
 from qfid.errors import QfidError
 from qfid.models.placement import check_dtype_name
 
@@ -22,8 +22,9 @@ class EngineConfig:
     CPU's budget). `attention` forces an attention backend (torch | cpu | triton; else the
     device's default or QFID_ATTENTION). `enforce_eager` turns off CUDA graphs for decode
     steps (vLLM's flag). `speculative="ngram"` turns on speculative decoding by prompt
-    lookup with up to `num_speculative_tokens` drafts per step while at most
-    `speculative_max_batch` sequences run (engine/speculative.py)."""
+    lookup, `speculative="draft:PATH"` with a draft model sharing the tokenizer, with up to
+    `num_speculative_tokens` drafts per step while at most `speculative_max_batch` sequences
+    run (engine/speculative.py)."""
 
     dtype: str = "auto"
     device: str = "auto"
@@ -56,7 +57,7 @@ class EngineConfig:
             raise QfidError("max_num_batched_tokens and max_num_seqs must be at least 1")
         if self.num_threads is not None and self.num_threads < 1:
             raise QfidError(f"num_threads must be at least 1; got {self.num_threads}")
-        if self.speculative is not None and self.speculative not in SPECULATIVE_METHODS:
+        if self.speculative is not None and not is_speculative_method(self.speculative):
             raise QfidError(f"speculative must be one of {', '.join(SPECULATIVE_METHODS)}; got {self.speculative!r}")
         if not 1 <= self.num_speculative_tokens <= 16:
             raise QfidError(f"num_speculative_tokens must be between 1 and 16; got {self.num_speculative_tokens}")

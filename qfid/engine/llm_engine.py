@@ -37,7 +37,7 @@ class LLMEngine:
         num_blocks = num_kv_blocks(model, config, self.max_model_len)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
-                                   self.max_model_len, eos_token_ids, make_proposer(config),
+                                   self.max_model_len, eos_token_ids, make_proposer(config, model, self.max_model_len),
                                    config.speculative_max_batch)
         self.model_runner = ModelRunner(model, num_blocks, config.block_size, config.max_num_seqs, self.max_model_len,
                                         use_graphs=not config.enforce_eager)

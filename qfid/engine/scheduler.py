@@ -108,7 +108,7 @@ class Scheduler:
         (drafts never preempt anyone); at most as many as its remaining output and context
         allow, since every draft may be emitted along with one more token."""
         limit = min(budget, seq.params.max_tokens - seq.num_output_tokens - 1, self.max_model_len - seq.num_tokens - 1)
-        drafts = self.proposer.propose(seq.token_ids, limit) if limit > 0 else []
+        drafts = self.proposer.propose(seq, limit) if limit > 0 else []
         if not drafts or not self.block_manager.can_allocate(seq, 1 + len(drafts)):
             return 0
         self.block_manager.allocate(seq, 1 + len(drafts))
@@ -204,3 +204,5 @@ class Scheduler:
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+        if self.proposer is not None:
+            self.proposer.release(seq)

@@ -19,15 +19,19 @@ Speculation pays while a step is memory-bound (small batches: the weights are re
 1 + k tokens per sequence); above `max_batch` running sequences the step is compute-bound
 and every rejected draft is wasted work, so the scheduler stops proposing.
 
-`NgramProposer` is prompt lookup decoding (Saxena 2023; vLLM's `ngram`): the last n tokens
-are searched for earlier in the sequence and the tokens that followed are the draft; its q
-is one-hot. No torch in the proposer: the scheduler calls it.
+Proposers share one small interface: `propose(seq, limit) -> drafts` and `release(seq)`
+(the sequence finished). `NgramProposer` is prompt lookup decoding (Saxena 2023; vLLM's
+`ngram`): the last n tokens are searched for earlier in the sequence and the tokens that
+followed are the draft. `DraftModelProposer` (draft_model.py) decodes greedily with a smaller
+model that shares the tokenizer, from its own paged KV cache. Both draft greedily, so q is
+one-hot at the draft. No torch in this module: the scheduler imports it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SPECULATIVE_METHODS = ("ngram",)
+SPECULATIVE_METHODS = ("ngram", "draft:PATH")
+DRAFT_PREFIX = "draft:"
 
 
 class NgramProposer:
@@ -38,7 +42,13 @@ class NgramProposer:
     def __init__(self, k: int, n_max: int = 3, n_min: int = 1, window: int = 1024):
         self.k, self.n_max, self.n_min, self.window = k, n_max, n_min, window
 
-    def propose(self, token_ids: list[int], limit: int) -> list[int]:
+    def propose(self, seq, limit: int) -> list[int]:
+        return self.propose_tokens(seq.token_ids, limit)
+
+    def release(self, seq) -> None:
+        """Nothing is held per sequence."""
+
+    def propose_tokens(self, token_ids: list[int], limit: int) -> list[int]:
         k = min(self.k, limit)
         if k <= 0:
             return []
@@ -51,12 +61,20 @@ class NgramProposer:
         return []
 
 
-def make_proposer(config):
+def is_speculative_method(name: str) -> bool:
+    return name == "ngram" or (name.startswith(DRAFT_PREFIX) and len(name) > len(DRAFT_PREFIX))
+
+
+def make_proposer(config, target_model=None, max_model_len: int = 2048):
     """The proposer an EngineConfig asks for (`speculative`), or None."""
     if config.speculative is None:
         return None
     if config.speculative == "ngram":
         return NgramProposer(config.num_speculative_tokens)
+    if config.speculative.startswith(DRAFT_PREFIX):
+        from qfid.engine.draft_model import DraftModelProposer
+
+        return DraftModelProposer(config.speculative[len(DRAFT_PREFIX):], config, target_model, max_model_len)
     raise ValueError(f"unknown speculative method {config.speculative!r}")   # EngineConfig validates first
 
 

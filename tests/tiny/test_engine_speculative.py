@@ -6,6 +6,7 @@ prefix caching; both the accept and the reject path run (acceptance strictly bet
 an accepted draft end the request there."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from qfid import LLM, SamplingParams
@@ -105,3 +106,45 @@ def test_served_with_speculation_streams_the_same_text_and_reports_acceptance(ti
         assert total == 24   # every emitted token counted once, several per verify step
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def other_tiny_llama(tmp_path_factory):
+    """Same tokenizer and shapes as the tiny Llama, other weights: a draft that often disagrees."""
+    from qfid.testing.tiny import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("other-llama"), seed=7)
+
+
+@pytest.mark.parametrize("draft", ["self", "other"])
+def test_draft_model_speculation_equals_greedy_without(tiny_llama_dir, other_tiny_llama, draft):
+    """32 concurrent requests under preemption and prefix caching with a draft model: the
+    model drafting for itself accepts every draft; another model with the same tokenizer is
+    mostly rejected. Outputs equal plain greedy either way; both caches end empty."""
+    draft_dir = tiny_llama_dir if draft == "self" else other_tiny_llama
+    prompts = repeating_prompts(200, 32, seed=4)
+    params = [SamplingParams(max_tokens=10 + (7 * i) % 23, temperature=0.0, ignore_eos=True) for i in range(32)]
+    _, plain = _run(tiny_llama_dir, prompts, params)
+    llm, spec = _run(tiny_llama_dir, prompts, params, speculative=f"draft:{draft_dir}", num_speculative_tokens=3,
+                     speculative_max_batch=64)
+    assert [o.token_ids for o in spec] == [o.token_ids for o in plain]
+    scheduler, blocks = llm.engine.scheduler, llm.engine.block_manager
+    stats, proposer = scheduler.spec_stats, scheduler.proposer
+    assert scheduler.num_preemptions > 0 and blocks.prefix_hits > 0 and stats.drafted > 100
+    if draft == "self":
+        assert stats.acceptance_rate == 1.0
+    else:
+        assert stats.acceptance_rate < 0.5
+    assert blocks.num_free_blocks == blocks.num_blocks
+    assert not proposer.mirrors and proposer.block_manager.num_free_blocks == proposer.block_manager.num_blocks
+
+
+def test_a_draft_model_with_another_vocabulary_is_refused(tiny_llama_dir, tiny_mixtral_dir, tmp_path):
+    from qfid.errors import QfidError
+    from qfid.testing.tiny import make_tiny_llama
+
+    other = make_tiny_llama(tmp_path / "v", vocab_size=300)
+    with pytest.raises(QfidError, match="must share the tokenizer"):
+        LLM(tiny_llama_dir, dtype="float32", num_kv_blocks=16, speculative=f"draft:{other}")
+    with pytest.raises(QfidError, match="speculative must be"):
+        LLM(tiny_llama_dir, dtype="float32", speculative="eagle")

@@ -27,11 +27,11 @@ Q = torch.tensor([[0.10, 0.10, 0.40, 0.20, 0.10, 0.10],
 
 def test_ngram_proposer_drafts_what_followed_the_latest_match():
     proposer = NgramProposer(k=3)
-    assert proposer.propose([1, 2, 3, 4, 5, 9, 2, 3], limit=8) == [4, 5, 9]        # "2 3" seen before
-    assert proposer.propose([7, 1, 2, 8, 1, 2, 5, 1, 2], limit=8) == [5, 1, 2]     # the latest match wins
-    assert proposer.propose([1, 2, 3, 4, 5, 9, 2, 3], limit=2) == [4, 5]
-    assert proposer.propose([1, 2, 3], limit=4) == [] and proposer.propose([5, 5], limit=0) == []
-    assert NgramProposer(k=4, n_max=3).propose([4, 4, 4, 4], limit=4) == [4]       # a run proposes itself
+    assert proposer.propose_tokens([1, 2, 3, 4, 5, 9, 2, 3], limit=8) == [4, 5, 9]        # "2 3" seen before
+    assert proposer.propose_tokens([7, 1, 2, 8, 1, 2, 5, 1, 2], limit=8) == [5, 1, 2]     # the latest match wins
+    assert proposer.propose_tokens([1, 2, 3, 4, 5, 9, 2, 3], limit=2) == [4, 5]
+    assert proposer.propose_tokens([1, 2, 3], limit=4) == [] and proposer.propose_tokens([5, 5], limit=0) == []
+    assert NgramProposer(k=4, n_max=3).propose_tokens([4, 4, 4, 4], limit=4) == [4]       # a run proposes itself
 
 
 def test_greedy_verification_keeps_the_matching_prefix_plus_the_models_token():
