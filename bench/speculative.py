@@ -11,6 +11,9 @@ Workloads (the default model, bf16, greedy, 2 threads):
 - `bursty`: `qfid bench`'s default text workload (64 requests at t=0, prompts 32-256,
   outputs 16-128, EOS ignored): speculation must not cost more than 5% there.
 
+Also a draft model: the default model's AWQ INT4 checkpoint drafting for its bf16 self
+(`extract` at concurrency 1 and 4), the only smaller model of the same tokenizer offline.
+
 Greedy outputs with and without speculation are compared token for token (they must be
 equal). Writes bench/results/speculative.json (or --out).
 
@@ -73,36 +76,42 @@ def main() -> None:
 
     model = ensure_default_model()
     common = dict(dtype="bfloat16", num_threads=2, kv_cache_gb=1.0)
+    from qfid.bench.harness import resolve_model
+
+    draft_dir, _ = resolve_model("smollm2-135m", "awq-int4")
     plain = LLM(model, **common)
     spec = LLM(model, **common, speculative="ngram", num_speculative_tokens=args.k, speculative_max_batch=1024)
+    drafted = LLM(model, **common, speculative=f"draft:{draft_dir}", num_speculative_tokens=args.k,
+                  speculative_max_batch=1024)
     tokenizer = plain.tokenizer
     extract = extract_prompts(tokenizer, EXTRACT_REQUESTS)
     extract_params = [SamplingParams(max_tokens=256, temperature=0.0) for _ in extract]   # EOS ends each request
     bursty = make_workload(tokenizer, 64, (32, 256), (16, 128), seed=0)
     bursty_prompts = [list(r.prompt_ids) for r in bursty]
     bursty_params = [SamplingParams(max_tokens=r.output_len, temperature=0.0, ignore_eos=True) for r in bursty]
-    for llm in (plain, spec):   # warm-up: first-call allocations off the clock
+    for llm in (plain, spec, drafted):   # warm-up: first-call allocations off the clock
         llm.generate([extract[0]], [SamplingParams(max_tokens=8, temperature=0.0)])
 
-    cases = {f"extract@{c}": (extract, extract_params, c) for c in CONCURRENCY}
-    cases["bursty@64"] = (bursty_prompts, bursty_params, 64)
+    cases = {f"extract@{c}": (extract, extract_params, c, spec) for c in CONCURRENCY}
+    cases["bursty@64"] = (bursty_prompts, bursty_params, 64, spec)
+    cases.update({f"extract@{c} draft-int4": (extract, extract_params, c, drafted) for c in (1, 4)})
     results = {}
-    for name, (prompts, params, concurrency) in cases.items():
+    for name, (prompts, params, concurrency, speculating) in cases.items():
         runs = {"plain": [], "spec": []}
         outputs = {}
+        speculating.engine.scheduler.spec_stats.__init__()
+        speculating.engine.scheduler.speculative_max_batch = 8 if name.startswith("bursty") else 1024
         for rep in range(args.reps):
-            for label, llm in ((("plain", plain), ("spec", spec)) if rep % 2 == 0 else (("spec", spec), ("plain", plain))):
-                if label == "spec":
-                    llm.engine.scheduler.spec_stats.__init__()
-                    llm.engine.scheduler.speculative_max_batch = 8 if name.startswith("bursty") else 1024
+            pair = (("plain", plain), ("spec", speculating))
+            for label, llm in (pair if rep % 2 == 0 else pair[::-1]):
                 tps, outputs[label] = timed_waves(llm, prompts, params, concurrency)
                 runs[label].append(tps)
-        stats = spec.engine.scheduler.spec_stats.to_dict()
+        stats = speculating.engine.scheduler.spec_stats.to_dict()
         ratio = statistics.median(runs["spec"]) / statistics.median(runs["plain"])
         results[name] = {"plain_tok_s": runs["plain"], "spec_tok_s": runs["spec"], "speedup_of_medians": ratio,
                          "identical_outputs": outputs["plain"] == outputs["spec"],
                          "output_tokens": sum(len(o) for o in outputs["plain"]), **stats}
-        print(f"{name:12s} plain {statistics.median(runs['plain']):7.1f} tok/s  spec {statistics.median(runs['spec']):7.1f} "
+        print(f"{name:24s} plain {statistics.median(runs['plain']):7.1f} tok/s  spec {statistics.median(runs['spec']):7.1f} "
               f"tok/s  x{ratio:.2f}  acceptance {stats['acceptance_rate']:.2f}  tokens/verify step "
               f"{stats['tokens_per_verify_step']:.2f}  identical {results[name]['identical_outputs']}", flush=True)
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
