@@ -88,6 +88,7 @@ class _BlockRun:
             for hook in hooks:
                 hook.remove()
         self.reference = self._log_probs(hidden)
+        self.reference_probs = self.reference.exp()   # once, not per unit: [tokens, vocab]
 
     def _record(self, _module, args, kwargs):
         self.inputs.append(args[0] if args else kwargs["hidden_states"])
@@ -116,12 +117,13 @@ class _BlockRun:
         finally:
             for name, weight in saved.items():
                 self.model.get_submodule(name).weight.data = weight
-        return _mean_kl(self.reference, self._log_probs(hidden))
+        return _mean_kl(self.reference, self._log_probs(hidden), self.reference_probs)
 
 
-def _mean_kl(reference: torch.Tensor, candidate: torch.Tensor) -> float:
+def _mean_kl(reference: torch.Tensor, candidate: torch.Tensor, reference_probs: torch.Tensor | None = None) -> float:
     """Mean over tokens of KL(p_ref || p_cand) from log-probabilities [tokens, vocab]."""
-    return float((reference.exp() * (reference - candidate)).sum(-1).mean())
+    probs = reference.exp() if reference_probs is None else reference_probs
+    return float((probs * (reference - candidate)).sum(-1).mean())
 
 
 def ranking_record(scores: list[UnitScore]) -> list[dict]:
