@@ -71,6 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="extract waves, e.g. 1,4,16")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "speculative.json"))
     args = ap.parse_args()
 
@@ -92,7 +93,7 @@ def main() -> None:
     for llm in (plain, spec, drafted):   # warm-up: first-call allocations off the clock
         llm.generate([extract[0]], [SamplingParams(max_tokens=8, temperature=0.0)])
 
-    cases = {f"extract@{c}": (extract, extract_params, c, spec) for c in CONCURRENCY}
+    cases = {f"extract@{c}": (extract, extract_params, c, spec) for c in map(int, args.concurrency.split(","))}
     cases["bursty@64"] = (bursty_prompts, bursty_params, 64, spec)
     cases.update({f"extract@{c} draft-int4": (extract, extract_params, c, drafted) for c in (1, 4)})
     results = {}
