@@ -19,13 +19,13 @@ SPREAD_LIMIT = 0.1
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "quantize_calib_spread.json"
 
 
-def measure_spread(model: str, samples: list[int], seeds: list[int], seq_len: int, run) -> list[dict]:
+def measure_spread(model: str, samples: list[int], seeds: list[int], seq_len: int, run, calib: str) -> list[dict]:
     """One AWQ run per (sample count, seed); `run` is bench/quantize.py's subprocess runner."""
     runs = []
     with tempfile.TemporaryDirectory(prefix="qfid-spread-") as tmp:
         for n in samples:
             for seed in seeds:
-                runs.append(run(model, "awq-int4", str(Path(tmp) / "awq"), n, seq_len, seed))
+                runs.append(run(model, "awq-int4", str(Path(tmp) / "awq"), n, seq_len, seed, calib))
     return runs
 
 
@@ -63,7 +63,8 @@ def render(spread: list[dict], seeds: list[int]) -> None:
 def main_spread(args, run) -> None:
     samples = [int(n) for n in args.spread_samples.split(",")]
     seeds = [int(s) for s in args.spread_seeds.split(",")]
-    runs = measure_spread(args.model, samples, seeds, args.seq_len, run)
+    calib = args.calib or "builtin-large"   # the default corpus holds 50 windows of 512: 64 cannot be drawn
+    runs = measure_spread(args.model, samples, seeds, args.seq_len, run, calib)
     spread = summarize(runs)
     render(spread, seeds)
     smallest = smallest_within_limit(spread)
@@ -72,7 +73,7 @@ def main_spread(args, run) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": args.model, "seq_len": args.seq_len, "seeds": seeds, "torch": version("torch"),
+        "model": args.model, "seq_len": args.seq_len, "seeds": seeds, "calib": calib, "torch": version("torch"),
         "spread_limit": SPREAD_LIMIT, "smallest_within_limit": smallest, "spread": spread, "runs": runs,
     }, indent=2) + "\n")
     print(f"JSON: {path}")

@@ -11,7 +11,7 @@ JSON (`--json PATH`).
 calibration samples it saw: 3 seeds at 16, 64 and 128 samples (bench/_calib_spread.py),
 written to bench/results/quantize_calib_spread.json unless `--json` says otherwise.
 
-    python bench/quantize.py --calib-spread [--spread-samples 16,64,128] [--spread-seeds 0,1,2]
+    python bench/quantize.py --calib-spread [--spread-samples 16,64,128] [--spread-seeds 0,1,2] [--calib builtin-large]
 """
 from __future__ import annotations
 
@@ -36,13 +36,14 @@ SCHEME_CONFIGS = {
 }
 
 
-def worker(model: str, scheme: str, out_dir: str, samples: int, seq_len: int, seed: int = 0) -> dict:
+def worker(model: str, scheme: str, out_dir: str, samples: int, seq_len: int, seed: int = 0,
+           calib: str | None = None) -> dict:
     """Runs in the subprocess: quantize, then held-out perplexity of the written checkpoint."""
     from qfid.config import QuantConfig
     from qfid.quant.heldout import heldout_perplexity
     from qfid.quant.pipeline import quantize_model
 
-    config = QuantConfig(calib_samples=samples, calib_seq_len=seq_len, seed=seed, **SCHEME_CONFIGS[scheme])
+    config = QuantConfig(calib=calib, calib_samples=samples, calib_seq_len=seq_len, seed=seed, **SCHEME_CONFIGS[scheme])
     t0 = time.perf_counter()
     result = quantize_model(model, config, out_dir, overwrite=True)
     wall = time.perf_counter() - t0
@@ -64,11 +65,13 @@ def baseline(model: str) -> dict:
     return {"scheme": "fp32", "checkpoint_mb": dir_bytes(path) / 2**20, "heldout_ppl": heldout_perplexity(path)}
 
 
-def run_scheme_subprocess(model: str, scheme: str, out_dir: str, samples: int, seq_len: int, seed: int = 0) -> dict:
+def run_scheme_subprocess(model: str, scheme: str, out_dir: str, samples: int, seq_len: int, seed: int = 0,
+                          calib: str | None = None) -> dict:
     from _worker import run_worker
 
     return run_worker(__file__, [scheme, "--model", model, "--out", out_dir, "--samples", str(samples),
-                                 "--seq-len", str(seq_len), "--seed", str(seed)], f"{scheme} (seed {seed})")
+                                 "--seq-len", str(seq_len), "--seed", str(seed), *(["--calib", calib] if calib else [])],
+                      f"{scheme} (seed {seed})")
 
 
 def render(records: list[dict]) -> None:
@@ -102,9 +105,10 @@ def main() -> None:
     ap.add_argument("--worker")
     ap.add_argument("--out")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--calib", help="calibration source (default: the built-in corpus; the spread uses builtin-large)")
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.model, args.worker, args.out, args.samples, args.seq_len, args.seed)))
+        print(json.dumps(worker(args.model, args.worker, args.out, args.samples, args.seq_len, args.seed, args.calib)))
         return
     if args.calib_spread:
         from _calib_spread import main_spread

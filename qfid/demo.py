@@ -2,7 +2,8 @@
 sweep with the demo's defaults (one path: `qfid sweep smollm2-135m` with these arguments).
 
 It quantizes AWQ INT4, RTN INT4 and FP8; AWQ with its 4, 8 and 16 most sensitive units kept
-in FP8; and AWQ calibrated on the domain suites' calibration split; evaluates the original and
+in FP8; and AWQ calibrated on the domain suites' calibration split (the others on the
+built-in large corpus, `builtin-large`); evaluates the original and
 every candidate on every built-in suite in bf16 activations (what a server runs: the move the
 mission is about, 16-bit -> INT4/FP8), compares, gates, and answers "which scheme would you
 ship for which suite, and why". The default item limit (60 per suite) trades power for time:
@@ -22,6 +23,7 @@ from qfid.sweep.schemes import parse_schemes
 
 DEMO_SCHEMES = "awq-int4,rtn-int4,fp8,awq-int4+keep:4,awq-int4+keep:8,awq-int4+keep:16,awq-int4@suite"
 DEMO_LIMIT = 60
+DEMO_CALIB = "builtin-large"   # the report's AWQ rows were calibrated on it (16 x 512 samples)
 DEMO_TITLE = "qfid demo: SmolLM2-135M-Instruct, bf16 vs AWQ INT4 (+ kept layers, suite calibration), RTN INT4, FP8"
 
 
@@ -36,6 +38,7 @@ def run_demo(output: str | Path = "out/demo", reports: str | Path = "reports", f
              backend: str = "engine", quant_progress: Callable | None = None) -> SweepResult:
     options = SweepOptions(
         model=DEFAULT_MODEL_NAME, schemes=parse_schemes(DEMO_SCHEMES), suites=demo_suites(), output=Path(output),
-        report=Path(reports) / "demo", limit=None if full else DEMO_LIMIT, backend=backend, title=DEMO_TITLE,
+        report=Path(reports) / "demo", limit=None if full else DEMO_LIMIT, calib=DEMO_CALIB, backend=backend,
+        title=DEMO_TITLE,
         quant_progress=quant_progress)
     return run_sweep(options)

@@ -4,9 +4,13 @@ Calibrating on the workload's own text is the known fix for domain regressions, 
 can point `--calib` at a .txt file, a .jsonl file (`text`, `prompt` + `completion`, or chat
 `messages` rendered with the tokenizer's template) or a `datasets:NAME[:CONFIG][:SPLIT]`
 dataset. Without one, qfid uses its built-in mixed corpus (finance, legal, support dialogue,
-code, prose, science; eighteen languages; ~155k SmolLM2 tokens, so 128 x 512 samples can be
-drawn from about 300 windows) shipped in `qfid/data/calib/`; none of it is about the topics
-of the held-out perplexity text (`qfid/data/heldout/`).
+code, prose; a dozen languages; 25.7k SmolLM2 tokens) shipped in `qfid/data/calib/`.
+`--calib builtin-large` adds `qfid/data/calib_large/` (~155k tokens in all: more of every
+genre, 18 languages), enough to draw 128 x 512 samples from about 300 windows. It is not the
+default: at 16 samples it moved AWQ's held-out perplexity on the default model from 40.76 to
+41.38 (its larger code and non-English share is further from English prose), and more
+samples did not make results steadier (bench/results/quantize_calib_spread.json). None of
+either is about the topics of the held-out perplexity text (`qfid/data/heldout/`).
 
 Every source is a list of documents (the built-in corpus: its paragraphs; .jsonl and
 datasets: their records; .txt: the whole file). The documents are shuffled by `seed` and
@@ -26,6 +30,8 @@ from qfid.errors import QfidError
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 BUILTIN_DIR = DATA_DIR / "calib"
+LARGE_DIR = DATA_DIR / "calib_large"
+BUILTIN_LARGE = "builtin-large"
 DATASET_PREFIX = "datasets:"
 # Characters of dataset text to read per token needed: ~4 chars per token, x4 so the windows
 # drawn are a sample rather than the first rows.
@@ -38,6 +44,8 @@ def load_calibration(source: str | None, tokenizer, n_samples: int, seq_len: int
     needed = n_samples * seq_len
     if source is None:
         docs, what = builtin_documents(), "built-in mixed corpus"
+    elif source == BUILTIN_LARGE:
+        docs, what = builtin_documents(large=True), "built-in large mixed corpus"
     elif source.startswith(DATASET_PREFIX):
         docs, what = _read_dataset(source[len(DATASET_PREFIX):], tokenizer, needed * DATASET_CHARS_PER_TOKEN), source
     else:
@@ -56,16 +64,18 @@ def _permutation(n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
-def builtin_documents() -> list[str]:
-    """The built-in corpus as paragraphs (blank-line separated blocks of every file)."""
-    return [p.strip() for text in read_text_dir(BUILTIN_DIR) for p in text.split("\n\n") if p.strip()]
+def builtin_documents(large: bool = False) -> list[str]:
+    """The built-in corpus as paragraphs (blank-line separated blocks of every file); with
+    `large`, the files of both folders in one name order."""
+    folders = (BUILTIN_DIR, LARGE_DIR) if large else (BUILTIN_DIR,)
+    return [p.strip() for text in read_text_dir(*folders) for p in text.split("\n\n") if p.strip()]
 
 
-def read_text_dir(folder: Path) -> list[str]:
-    """Every .txt file of a packaged corpus folder, in name order."""
-    files = sorted(folder.glob("*.txt"))
+def read_text_dir(*folders: Path) -> list[str]:
+    """Every .txt file of packaged corpus folders, in name order."""
+    files = sorted((f for folder in folders for f in folder.glob("*.txt")), key=lambda f: f.name)
     if not files:
-        raise QfidError(f"no corpus files in {folder}: the qfid installation is incomplete")
+        raise QfidError(f"no corpus files in {', '.join(map(str, folders))}: the qfid installation is incomplete")
     return [f.read_text(encoding="utf-8") for f in files]
 
 

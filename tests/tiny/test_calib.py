@@ -147,3 +147,16 @@ def test_datasets_offline_is_one_clean_line(monkeypatch, tokenizer):
 def test_malformed_dataset_spec(tokenizer, source):
     with pytest.raises(QfidError, match=r"datasets:NAME\[:CONFIG\]\[:SPLIT\]"):
         load_calibration(source, tokenizer, 1, 8, seed=0)
+
+
+def test_builtin_large_adds_its_folder_to_the_default_corpus(tokenizer):
+    """`builtin-large` holds every default document and more, so it can supply sample counts
+    the default corpus cannot."""
+    from qfid.quant.calib import builtin_documents
+
+    default, large = builtin_documents(), builtin_documents(large=True)
+    assert set(default) < set(large) and len(large) > 3 * len(default)
+    ids, description = load_calibration("builtin-large", tokenizer, 256, 512, seed=0)   # tiny tokenizer: ~6x more windows
+    assert ids.shape == (256, 512) and description.startswith("built-in large mixed corpus")
+    with pytest.raises(QfidError, match="are needed"):
+        load_calibration(None, tokenizer, 256, 512, seed=0)

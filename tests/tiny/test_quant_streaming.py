@@ -35,14 +35,10 @@ CALIBRATED_RTOL = 1e-6      # static FP8 input scales: a max over activations, f
 
 @pytest.fixture(autouse=True)
 def _deterministic(monkeypatch):
-    """fp32 scoring (the reference's machine had no native bf16), one thread, and the built-in
-    corpus as it was when the reference was written (calib_corpus: the corpus has grown since,
-    which reshuffles every draw)."""
+    """fp32 scoring (the reference's machine had no native bf16) and one thread."""
     import qfid.quant.awq_block as awq_block
-    import qfid.quant.calib as calib
 
     monkeypatch.setattr(awq_block, "scoring_dtype", lambda: torch.float32)
-    monkeypatch.setattr(calib, "BUILTIN_DIR", REFERENCE / "calib_corpus")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
