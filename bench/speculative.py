@@ -35,6 +35,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 from qfid import LLM, SamplingParams  # noqa: E402
 from qfid.bench.workload import make_workload  # noqa: E402
+from qfid.engine.speculative import SpecStats  # noqa: E402
 from qfid.models.default import ensure_default_model  # noqa: E402
 
 EXTRACT_REQUESTS = 16
@@ -100,7 +101,7 @@ def main() -> None:
     for name, (prompts, params, concurrency, speculating) in cases.items():
         runs = {"plain": [], "spec": []}
         outputs = {}
-        speculating.engine.scheduler.spec_stats.__init__()
+        speculating.engine.scheduler.spec_stats = SpecStats()   # this case's figures only
         speculating.engine.scheduler.speculative_max_batch = 8 if name.startswith("bursty") else 1024
         for rep in range(args.reps):
             pair = (("plain", plain), ("spec", speculating))

@@ -104,26 +104,32 @@ class ModelRunner:
 
     def _sample_all(self, output: StepOutput, inputs: BatchInputs, sampling: list[int], logits: torch.Tensor) -> None:
         """Plain rows through the batched sampler; each drafting sequence's 1 + k rows
-        through verification. `logits` holds every sampling sequence's rows in order."""
-        plain, plain_rows, first = [], [], 0
+        through verification (greedy ones read their argmaxes back in one transfer).
+        `logits` holds every sampling sequence's rows in order."""
+        plain, plain_rows, drafting, first = [], [], [], 0
         for i in sampling:
             drafts = inputs.seqs[i].num_draft_tokens
             if drafts:
-                self._verify(output, inputs, i, logits[first:first + drafts + 1])
+                drafting.append((i, first, drafts + 1))
             else:
                 plain.append(i)
                 plain_rows.append(first)
             first += drafts + 1
+        if drafting:
+            greedy = any(inputs.seqs[i].params.greedy for i, _, _ in drafting)
+            argmax = logits.argmax(dim=-1).tolist() if greedy else None
+            for i, start, rows in drafting:
+                self._verify(output, inputs, i, logits[start:start + rows], argmax and argmax[start:start + rows])
         if plain:
             rows = plain_rows if len(plain_rows) < logits.shape[0] else slice(None)
             self._sample(output, inputs, plain, logits[rows])
 
     @staticmethod
-    def _verify(output: StepOutput, inputs: BatchInputs, i: int, logits: torch.Tensor) -> None:
+    def _verify(output: StepOutput, inputs: BatchInputs, i: int, logits: torch.Tensor, argmax: list[int] | None) -> None:
         seq = inputs.seqs[i]
         drafts = seq.token_ids[-seq.num_draft_tokens:]
         if seq.params.greedy:
-            emitted = verify_greedy(logits.argmax(dim=-1).tolist(), drafts)
+            emitted = verify_greedy(argmax, drafts)
         else:
             emitted = rejection_sample(sampling_probs(logits, seq.params), drafts, None, generator_of(seq, logits.device))
         output.token_ids[inputs.order[i]] = emitted

@@ -33,8 +33,8 @@ CAPTIONS = {
 def render_html(comparisons: list[Comparison], figures: dict[str, bytes], title: str, preface: str = "") -> str:
     """`preface`: HTML a caller puts before the comparisons (the sweep's tables and plot)."""
     body = [f"<h1>{escape(title)}</h1>", preface, _runs_paragraph(comparisons), "<h2>Overview</h2>",
-            _table(OVERVIEW_HEADERS, [(overview_cells(c), False) for c in comparisons])]
-    body += ["<h2>Plots</h2>"] + [_figure(name, png) for name, png in figures.items()]
+            table_html(OVERVIEW_HEADERS, [(overview_cells(c), False) for c in comparisons])]
+    body += ["<h2>Plots</h2>"] + [figure_html(name, png) for name, png in figures.items()]
     for comparison in comparisons:
         body.append(_comparison_section(comparison))
     body.append(_notes(comparisons))
@@ -55,18 +55,13 @@ def _comparison_section(comparison: Comparison) -> str:
     for level in BREAKDOWNS:
         rows = breakdown_rows(comparison, level)
         if rows:
-            parts += [f"<h3>By {level}</h3>", _table(GROUP_HEADERS, [(group_cells(g), g.significant_regression) for g in rows])]
+            parts += [f"<h3>By {level}</h3>", table_html(GROUP_HEADERS, [(group_cells(g), g.significant_regression) for g in rows])]
     if comparison.perplexity:
-        parts += ["<h3>Perplexity</h3>", _table(PERPLEXITY_HEADERS, [(perplexity_cells(r), False) for r in comparison.perplexity])]
+        parts += ["<h3>Perplexity</h3>", table_html(PERPLEXITY_HEADERS, [(perplexity_cells(r), False) for r in comparison.perplexity])]
     if comparison.routing:
         parts += ["<h3>Expert-routing agreement</h3>",
-                  _table(routing_headers(comparison), [(cells, False) for cells in routing_cells(comparison)])]
+                  table_html(routing_headers(comparison), [(cells, False) for cells in routing_cells(comparison)])]
     return "<section>" + "\n".join(parts) + "</section>"
-
-
-def table_html(headers, rows) -> str:
-    """rows: (cells, flagged) pairs; flagged rows are highlighted as regressions."""
-    return _table(headers, rows)
 
 
 def figure_html(name: str, png: bytes, caption: str | None = None) -> str:
@@ -75,15 +70,14 @@ def figure_html(name: str, png: bytes, caption: str | None = None) -> str:
     return f'<figure id="plot-{name}"><img alt="{escape(caption)}" src="data:image/png;base64,{data}"><figcaption>{escape(caption)}</figcaption></figure>'
 
 
-def _table(headers, rows) -> str:
+def table_html(headers, rows) -> str:
+    """rows: (cells, flagged) pairs; flagged rows are highlighted as regressions."""
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join(("<tr class=\"regression\">" if flagged else "<tr>") + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>"
                    for cells, flagged in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _figure(name: str, png: bytes) -> str:
-    return figure_html(name, png)
 
 
 def _notes(comparisons: list[Comparison]) -> str:

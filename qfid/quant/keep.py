@@ -39,7 +39,7 @@ def model_units(spec: ArchSpec, num_blocks: int) -> list[tuple[str, ...]]:
 
 
 def plan_linears(shapes: dict[str, tuple[int, int]], base: LinearPlan, config: QuantConfig,
-                 spec: ArchSpec) -> dict[str, LinearPlan]:
+                 spec: ArchSpec, num_blocks: int) -> dict[str, LinearPlan]:
     """The storage plan of every block Linear: the scheme's, FP8 for kept layers, none (left
     dense) for layers kept in 16 bits. Unknown names and half-kept fused units fail here."""
     keep = set(config.keep)
@@ -48,7 +48,7 @@ def plan_linears(shapes: dict[str, tuple[int, int]], base: LinearPlan, config: Q
     unknown = sorted(keep - set(shapes))
     if unknown:
         raise QfidError(f"cannot keep {unknown[0]}: the model has no such quantizable Linear")
-    for unit in model_units(spec, _num_blocks(shapes, spec)):
+    for unit in model_units(spec, num_blocks):
         split = keep.intersection(unit)
         if split and len(split) < len(unit):
             raise QfidError(f"{', '.join(unit)} are fused by serving engines: keep all or none of them")
@@ -59,11 +59,6 @@ def plan_linears(shapes: dict[str, tuple[int, int]], base: LinearPlan, config: Q
         elif config.keep_as == "fp8":
             plans[name] = KEPT_FP8_PLAN
     return plans
-
-
-def _num_blocks(shapes: dict, spec: ArchSpec) -> int:
-    prefix = spec.blocks + "."
-    return 1 + max(int(name[len(prefix):].split(".", 1)[0]) for name in shapes)
 
 
 def store_kept(block: nn.Module, prefix: str, quantized: dict, config: QuantConfig) -> None:

@@ -203,7 +203,7 @@ class _Run:
         is_int4 = self.handler.codec == "int4"
         self.group_size, self.group_auto = choose_group_size(shapes, self.config.group_size) if is_int4 else (None, False)
         base = self.handler.plan(self.config, self.group_size)
-        self.plans: dict[str, LinearPlan] = plan_linears(shapes, base, self.config, self.spec)
+        self.plans: dict[str, LinearPlan] = plan_linears(shapes, base, self.config, self.spec, len(self.shell.blocks))
 
     def _calibrate(self) -> None:
         from qfid.quant.calib import load_calibration

@@ -30,15 +30,17 @@ PARETO_CAPTION = ("Checkpoint size against the worst group's accuracy delta (lef
                   "(right), both against the baseline; blue points form the Pareto front.")
 
 
-def build_summary(sweep, comparisons: list[Comparison], sizes: dict[str, float], verdict: dict) -> dict:
+def build_summary(sweep, comparisons: list[Comparison], sizes: dict[str, float], verdict: dict,
+                  measured: dict[str, dict]) -> dict:
+    """`measured`: per checkpoint name (the baseline's too) its output_tok_s and heldout_ppl."""
     from qfid.sweep.run import BASELINE, weights_mib
 
     base_mib = weights_mib(sweep.source)
-    base_tps = sweep.throughput(BASELINE, sweep.source)
-    rows = [_baseline_row(sweep, base_mib, base_tps)]
+    base_tps = measured[BASELINE]["output_tok_s"]
+    rows = [_baseline_row(base_mib, measured[BASELINE])]
     fid = [fidelity(c, sizes[c.candidate["name"]]) for c in comparisons]
     for candidate, f in zip(sweep.candidates, fid):
-        rows.append(_candidate_row(sweep, candidate, f, base_mib, base_tps, verdict))
+        rows.append(_candidate_row(candidate.name, f, base_mib, base_tps, measured[candidate.name], verdict))
     return {
         "model": str(sweep.source), "suites": [s.name for s in sweep.suites], "item_limit": sweep.o.limit,
         "gate": verdict["gate"], "calibration": sweep.o.calib or "built-in corpus", "baseline": BASELINE,
@@ -52,21 +54,23 @@ def build_summary(sweep, comparisons: list[Comparison], sizes: dict[str, float],
     }
 
 
-def _baseline_row(sweep, base_mib: float, base_tps: float | None) -> dict:
+def _baseline_row(base_mib: float, measured: dict) -> dict:
     from qfid.sweep.run import BASELINE
 
+    base_tps = measured["output_tok_s"]
     return {"scheme": BASELINE, "size_mib": round(base_mib, 1), "size_ratio": 1.0, "output_tok_s": base_tps,
-            "throughput_ratio": 1.0 if base_tps else None, "heldout_ppl": sweep.heldout_ppl(BASELINE, sweep.source),
+            "throughput_ratio": 1.0 if base_tps else None, "heldout_ppl": measured["heldout_ppl"],
             "worst_group": None, "worst_delta_pts": 0.0, "worst_significant": False, "mean_kl": 0.0,
             "passes": True, "failures": []}
 
 
-def _candidate_row(sweep, candidate, f: Fidelity, base_mib: float, base_tps: float | None, verdict: dict) -> dict:
-    tps = sweep.throughput(candidate.name, candidate.path)
-    failures = verdict["overall"]["broken"].get(candidate.name, [])
-    return {"scheme": candidate.name, "size_mib": round(f.size_mib, 1), "size_ratio": round(f.size_mib / base_mib, 3),
+def _candidate_row(name: str, f: Fidelity, base_mib: float, base_tps: float | None, measured: dict,
+                   verdict: dict) -> dict:
+    tps = measured["output_tok_s"]
+    failures = verdict["overall"]["broken"].get(name, [])
+    return {"scheme": name, "size_mib": round(f.size_mib, 1), "size_ratio": round(f.size_mib / base_mib, 3),
             "output_tok_s": tps, "throughput_ratio": round(tps / base_tps, 3) if tps and base_tps else None,
-            "heldout_ppl": sweep.heldout_ppl(candidate.name, candidate.path), "worst_group": f.worst_group,
+            "heldout_ppl": measured["heldout_ppl"], "worst_group": f.worst_group,
             "worst_delta_pts": round(f.worst_delta_pts, 2), "worst_significant": f.worst_significant,
             "mean_kl": f.mean_kl, "passes": not failures, "failures": failures}
 

@@ -109,7 +109,10 @@ class _Sweep:
 
         sizes = {c.name: weights_mib(c.path) for c in self.candidates}
         verdict = ship_verdict(comparisons, sizes, self.o.gate, BASELINE)
-        summary = build_summary(self, comparisons, sizes, verdict)
+        checkpoints = [(BASELINE, self.source)] + [(c.name, c.path) for c in self.candidates]
+        measured = {name: {"output_tok_s": self.throughput(name, path), "heldout_ppl": self.heldout_ppl(name, path)}
+                    for name, path in checkpoints}
+        summary = build_summary(self, comparisons, sizes, verdict, measured)
         paths = write_sweep_report(self, comparisons, summary)
         return SweepResult(summary, verdict["overall"]["passes"], paths)
 
@@ -138,14 +141,14 @@ class _Sweep:
         return self.o.output / "checkpoints"
 
     def _calib(self, scheme: SweepScheme) -> str | None:
-        """The calibration source: the sweep's own, or its domain suites' split with @suite."""
-        if not scheme.suite_calib and not _is_suite_calib(self.o.calib):
-            return self.o.calib
-        from qfid.evals.calib_split import SUITE_PREFIX, write_suite_calibration
+        """The calibration source: the domain suites' split for @suite, else the sweep's own
+        (a `suite:` one written out as a file the quantizer reads)."""
+        from qfid.evals.calib_split import SUITE_PREFIX, is_suite_calibration, write_suite_calibration
 
-        spec = self.o.calib if _is_suite_calib(self.o.calib) and not scheme.suite_calib else \
-            SUITE_PREFIX + ",".join(self.domain_suites)
-        return str(write_suite_calibration(spec, self.o.output))
+        calib = SUITE_PREFIX + ",".join(self.domain_suites) if scheme.suite_calib else self.o.calib
+        if not is_suite_calibration(calib):
+            return calib
+        return str(write_suite_calibration(calib, self.o.output))
 
     @property
     def domain_suites(self) -> list[str]:
@@ -209,7 +212,7 @@ class _Sweep:
         """A complete run of the same model and limit is reused; a partial one resumes; one
         with other settings is replaced."""
         from qfid.evals.backends import make_backend
-        from qfid.evals.runner import RunOptions, evaluate_run
+        from qfid.evals.runner import RunOptions, build_manifest, evaluate_run
         from qfid.evals.store import RunStore
 
         store = RunStore(self.runs_dir, name)
@@ -223,12 +226,9 @@ class _Sweep:
         backend = make_backend(self.o.backend, str(path), batch_size=8, dtype=EVAL_DTYPE)
         self.console.print(f"eval {name} on {', '.join(s.name for s in self.suites)} "
                            f"(limit {self.o.limit or 'none'}, {EVAL_DTYPE})")
-        try:
-            evaluate_run(name, backend, self.suites, store, options)
-        except QfidError as exc:
-            if "exists with other settings" not in str(exc):
-                raise
-            evaluate_run(name, backend, self.suites, store, options, overwrite=True)
+        identity = build_manifest(name, backend, self.suites, options)["identity"]
+        replace = store.manifest_file.is_file() and store.manifest().get("identity") != identity
+        evaluate_run(name, backend, self.suites, store, options, overwrite=replace)
 
     def measure(self, kind: str, name: str, path: Path, compute: Callable[[], float]) -> float:
         """A cached figure (held-out perplexity, throughput) of a checkpoint."""
@@ -252,12 +252,6 @@ class _Sweep:
 def _base_scheme(scheme: SweepScheme) -> SweepScheme:
     name = scheme.base + (SUITE_CALIB if scheme.suite_calib else "")
     return SweepScheme(name, scheme.base, suite_calib=scheme.suite_calib)
-
-
-def _is_suite_calib(calib: str | None) -> bool:
-    from qfid.evals.calib_split import is_suite_calibration
-
-    return is_suite_calibration(calib)
 
 
 def _source_dir(model: str) -> Path:
