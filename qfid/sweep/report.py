@@ -51,7 +51,37 @@ def build_summary(sweep, comparisons: list[Comparison], sizes: dict[str, float],
         "sensitivity": {base: [{"unit": list(s.unit), "kl": s.kl} for s in ranking[:TOP_UNITS_SHOWN]]
                         for base, ranking in sweep.rankings.items()},
         "kept_units": {c.name: c.kept_units for c in sweep.candidates if c.kept_units},
+        "time": time_summary(sweep.steps, sweep.timings),
     }
+
+
+STEP_KINDS = {"quantize": "quantization", "sensitivity": "sensitivity", "eval": "evaluation",
+              "output_tok_s": "throughput", "heldout_ppl": "held-out perplexity"}
+
+
+def time_summary(steps: list[str], timings: dict[str, float]) -> dict:
+    """What the sweep's steps cost, each step once, from the call that ran it (timings.json):
+    the total, by kind of step, and the steps with no figure (run before it was recorded)."""
+    import os
+
+    steps = list(dict.fromkeys(steps))
+    by_kind: dict[str, float] = {}
+    for step in steps:
+        if step in timings:
+            kind = STEP_KINDS.get(step.split(" ", 1)[0], step.split(" ", 1)[0])
+            by_kind[kind] = round(by_kind.get(kind, 0.0) + timings[step], 1)
+    return {"total_s": round(sum(by_kind.values()), 1), "by_kind": by_kind,
+            "by_step": {step: timings[step] for step in steps if step in timings},
+            "unrecorded": [step for step in steps if step not in timings], "cpu_cores": os.cpu_count()}
+
+
+def _time_line(time: dict) -> str:
+    kinds = ", ".join(f"{kind} {seconds / 60:.1f}" for kind, seconds in time["by_kind"].items())
+    line = (f"Time: the sweep's steps took {time['total_s'] / 60:.1f} min on this machine "
+            f"({time['cpu_cores']} CPU cores; minutes by step kind: {kinds}).")
+    if time["unrecorded"]:
+        line += f" Not timed (run before timings were recorded): {', '.join(time['unrecorded'])}."
+    return line
 
 
 def _baseline_row(base_mib: float, measured: dict) -> dict:
@@ -176,7 +206,8 @@ def _sections(summary: dict) -> list[tuple[str, list[str], list[list[str]] | Non
              f"{'every item' if limit is None else f'about {limit} items per suite (a seeded sample)'}; "
              f"gate thresholds from {summary['gate']}; calibration: {summary['calibration']}. "
              f"Every candidate is compared with the {summary['baseline']} baseline item by item; 'sig.' marks a "
-             f"significant regression (McNemar and the bootstrap CI agree); other differences are not significant."]
+             f"significant regression (McNemar and the bootstrap CI agree); other differences are not significant.",
+             _time_line(summary["time"])]
     sections = [("Sweep: size, speed and fidelity", list(ROW_HEADERS), [_row_cells(r) for r in summary["rows"]], intro)]
     front = summary["pareto_front"]
     sections.append(("Pareto front", [], None, [f"worst-group accuracy: {', '.join(front['worst_group_delta'])}",

@@ -8,12 +8,14 @@ measured throughput or held-out perplexity. An interrupted sweep resumes where i
     OUTPUT/checkpoints/NAME   one folder per candidate (what vLLM / transformers load)
     OUTPUT/runs/NAME          eval runs (`qfid compare` reads them as they are)
     OUTPUT/sensitivity/BASE.json, OUTPUT/measures.json, OUTPUT/calib-suite-*.jsonl
+    OUTPUT/timings.json       seconds each step took when it ran (a reused step keeps its figure)
 """
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -81,6 +83,9 @@ class _Sweep:
         self.runs_dir = options.output / "runs"
         self.measures_file = options.output / "measures.json"
         self.measures = json.loads(self.measures_file.read_text()) if self.measures_file.is_file() else {}
+        self.timings_file = options.output / "timings.json"
+        self.timings = json.loads(self.timings_file.read_text()) if self.timings_file.is_file() else {}
+        self.steps: list[str] = []   # the steps this sweep consists of, run now or reused
         self.candidates: list[Candidate] = []
         self.searches: dict[str, KeepSearch] = {}
         self.rankings: dict[str, list] = {}
@@ -159,11 +164,13 @@ class _Sweep:
         from qfid.quant.pipeline import quantize_model
 
         meta = candidate.path / "qfid_quant.json"
+        self.steps.append(f"quantize {candidate.name}")
         if meta.is_file() and json.loads(meta.read_text()).get("quant_config") == asdict(candidate.config):
             self.console.print(f"[dim]{candidate.name}: reusing {candidate.path}[/dim]")
             return
         self.console.print(f"quantize {candidate.name} -> {candidate.path}")
-        with (self.o.quant_progress() if self.o.quant_progress else nullcontext()) as progress:
+        with self._timed(f"quantize {candidate.name}"), \
+                (self.o.quant_progress() if self.o.quant_progress else nullcontext()) as progress:
             quantize_model(str(self.source), candidate.config, candidate.path, overwrite=True, progress=progress,
                            notes=candidate.notes)
 
@@ -179,8 +186,10 @@ class _Sweep:
             ids, _ = load_calibration(base_candidate.config.calib, load_tokenizer(str(self.source)),
                                       RANKING_SAMPLES, RANKING_SEQ_LEN, RANKING_SEED)
             self.console.print(f"sensitivity of every fused unit of {base.name} ({ids.numel()} calibration tokens)")
-            self.rankings[base.folder] = load_or_measure(self.source, base_candidate.path, ids,
-                                                         self.o.output / "sensitivity" / f"{base.folder}.json")
+            cache = self.o.output / "sensitivity" / f"{base.folder}.json"
+            self.steps.append(f"sensitivity {base.name}")
+            with self._timed(f"sensitivity {base.name}") if not cache.is_file() else nullcontext():
+                self.rankings[base.folder] = load_or_measure(self.source, base_candidate.path, ids, cache)
         return self.rankings[base.folder]
 
     def _auto_keep(self, scheme: SweepScheme) -> None:
@@ -208,6 +217,16 @@ class _Sweep:
 
     # -- measures ------------------------------------------------------------------------
 
+    @contextmanager
+    def _timed(self, step: str):
+        """Record the seconds `step` takes (it ran now, so it replaces an earlier figure) in
+        OUTPUT/timings.json: the report's time line sums them, so a resumed sweep still says
+        what the whole sweep cost on this machine."""
+        started = time.perf_counter()
+        yield
+        self.timings[step] = round(time.perf_counter() - started, 1)
+        atomic_write_text(self.timings_file, json.dumps(self.timings, indent=2) + "\n")
+
     def _evaluate(self, name: str, path: Path) -> None:
         """A complete run of the same model and limit is reused; a partial one resumes; one
         with other settings is replaced."""
@@ -216,6 +235,7 @@ class _Sweep:
         from qfid.evals.store import RunStore
 
         store = RunStore(self.runs_dir, name)
+        self.steps.append(f"eval {name}")
         if store.manifest_file.is_file():
             manifest = store.manifest()
             same = manifest["identity"].get("model") == str(path) and manifest["identity"].get("limit") == self.o.limit
@@ -228,13 +248,16 @@ class _Sweep:
                            f"(limit {self.o.limit or 'none'}, {EVAL_DTYPE})")
         identity = build_manifest(name, backend, self.suites, options)["identity"]
         replace = store.manifest_file.is_file() and store.manifest().get("identity") != identity
-        evaluate_run(name, backend, self.suites, store, options, overwrite=replace)
+        with self._timed(f"eval {name}"):
+            evaluate_run(name, backend, self.suites, store, options, overwrite=replace)
 
     def measure(self, kind: str, name: str, path: Path, compute: Callable[[], float]) -> float:
         """A cached figure (held-out perplexity, throughput) of a checkpoint."""
         key = f"{kind}:{name}:{path}"
+        self.steps.append(f"{kind} {name}")
         if key not in self.measures:
-            self.measures[key] = compute()
+            with self._timed(f"{kind} {name}"):
+                self.measures[key] = compute()
             atomic_write_text(self.measures_file, json.dumps(self.measures, indent=2) + "\n")
         return self.measures[key]
 

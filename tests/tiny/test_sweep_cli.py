@@ -53,6 +53,11 @@ def test_sweep_recommends_the_smallest_passing_checkpoint(tiny_llama_dir, tmp_pa
     assert set(kept[0]) <= set(config["quantization_config"]["modules_to_not_convert"])
     meta = json.loads((tmp_path / "sw" / "checkpoints" / "rtn-int4+keep16-2" / "qfid_quant.json").read_text())
     assert [u["unit"] for u in meta["kept_units"]] == kept and meta["kept_units"][0]["kl"] == ranking[0]["kl"]
+    time = summary["time"]   # every step timed once: 3 quantizations, 1 ranking, 4 evals, 4 + 4 measures
+    assert len(time["by_step"]) == 16 and not time["unrecorded"] and all(t >= 0 for t in time["by_step"].values())
+    assert set(time["by_kind"]) == {"quantization", "sensitivity", "evaluation", "throughput", "held-out perplexity"}
+    assert time["total_s"] == pytest.approx(sum(time["by_step"].values()), abs=0.5)
+    assert "Time: the sweep's steps took" in markdown
 
 
 def test_nothing_passes_exits_1_and_a_rerun_reuses_everything(tiny_llama_dir, tmp_path, gates, capsys, monkeypatch):
@@ -66,6 +71,8 @@ def test_nothing_passes_exits_1_and_a_rerun_reuses_everything(tiny_llama_dir, tm
     assert again.exit_code == 1
     assert " -> " not in again.out and "(limit 12" not in again.out   # no "quantize X -> ...", no "eval X on ..."
     assert again.out.count("reusing") >= 7   # 3 checkpoints (one twice: base of the kept scheme), 4 runs
+    rerun = json.loads((tmp_path / "sw" / "report" / "summary.json").read_text())["time"]
+    assert rerun == {**summary["time"], "cpu_cores": rerun["cpu_cores"]}   # the first call's figures, each step once
 
 
 def test_bad_arguments_fail_with_one_line(tiny_llama_dir, tmp_path, capsys, monkeypatch):
