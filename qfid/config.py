@@ -28,7 +28,12 @@ class QuantConfig:
     instead of the scheme: FP8 per-channel (compressed-tensors only: one config group per
     scheme) or the source's 16-bit dtype (listed as not converted, so any format holds it).
     AWQ still searches and folds its scales through kept layers, so the block computes the
-    same function; only their storage differs. The sweep's `+keep:N` fills it."""
+    same function; only their storage differs. The sweep's `+keep:N` fills it.
+
+    `awq_search_from` names a qfid AWQ checkpoint whose saved search (scales, clips) is
+    replayed instead of searching again: the same weights bit for bit without the search's
+    cost, when only what is stored around them changes (kept layers, the format). The sweep
+    derives its `+keep:N` checkpoints from the base's search this way."""
 
     scheme: str = "awq-int4"
     group_size: int | None = None
@@ -44,6 +49,7 @@ class QuantConfig:
     ignore: list[str] = field(default_factory=lambda: ["lm_head"])
     keep: list[str] = field(default_factory=list)
     keep_as: str = "fp8"
+    awq_search_from: str | None = None
 
     def __post_init__(self) -> None:
         _one_of("scheme", self.scheme, SCHEMES)
@@ -64,6 +70,8 @@ class QuantConfig:
             raise QfidError(f"group size must be a power of two >= 8; got {self.group_size}")
         if self.calib_samples < 1 or self.calib_seq_len < 8:
             raise QfidError("calibration needs at least 1 sample of at least 8 tokens")
+        if self.awq_search_from is not None and self.scheme != "awq-int4":
+            raise QfidError(f"a saved AWQ search can only be replayed by awq-int4, not {self.scheme}")
         if not 2 <= self.awq_grid <= 100:
             raise QfidError(f"awq grid must be between 2 and 100 points; got {self.awq_grid}")
 

@@ -39,6 +39,7 @@ def quantize_command(
     calib_samples: int = typer.Option(16, "--calib-samples", help="Number of calibration sequences."),
     calib_seq_len: int = typer.Option(512, "--calib-seq-len", help="Tokens per calibration sequence."),
     no_clip: bool = typer.Option(False, "--no-clip", help="AWQ: skip the clip search."),
+    awq_search_from: Optional[str] = typer.Option(None, "--awq-search-from", help="AWQ: replay the scales and clips a qfid AWQ checkpoint of the same model saved, instead of searching (the same INT4 weights, e.g. stored in another format)."),
     seed: int = typer.Option(0, "--seed", help="Seed for calibration sampling."),
     overwrite: bool = OVERWRITE_OPT,
 ) -> None:
@@ -50,6 +51,7 @@ def quantize_command(
     config = QuantConfig(
         scheme=scheme, group_size=group_size, format=fmt, fp8_weights=weights, fp8_activations=activations,
         calib=_calibration_source(calib), calib_samples=calib_samples, calib_seq_len=calib_seq_len, awq_clip=not no_clip, seed=seed,
+        awq_search_from=awq_search_from,
     )
     with progress_callback() as progress:
         result = quantize_model(model, config, output, overwrite=overwrite, progress=progress, device=device,

@@ -137,25 +137,50 @@ def _is_expert(name: str, ref) -> bool:
 
 def apply_awq_artifact(model: nn.Module, spec: ArchSpec, artifact: dict[str, torch.Tensor],
                        group_size: int) -> dict[str, Int4Weight]:
-    """Replay a saved search: fold its scales into the (unscaled) model and quantize with its
-    clips. Fails loudly when the artifact and the model do not match."""
-    remaining = dict(artifact)
+    """Replay a saved search on a fresh copy of the whole model (`replay_awq_block` per
+    block). Fails loudly when the artifact and the model do not match."""
     quantized: dict[str, Int4Weight] = {}
+    used: set[str] = set()
     for i, block in enumerate(decoder_blocks(model, spec)):
         prefix = f"{spec.blocks}.{i}"
-        layout = describe_block(block, spec)
-        scales = {m.smooth: _take(remaining, scale_key(f"{prefix}.{m.smooth}")) for m in layout.mappings}
-        fold_block_scales(block, layout.mappings, scales)
-        refs = layout.linears
-        clips = {name: remaining.pop(clip_key(f"{prefix}.{name}")) for name in refs
-                 if clip_key(f"{prefix}.{name}") in remaining}
-        quantized.update({f"{prefix}.{name}": q for name, q in quantize_block_linears(refs, clips, group_size).items()})
-    if remaining:
-        raise QfidError(f"AWQ artifact has {len(remaining)} entries this model lacks, e.g. {next(iter(remaining))}")
+        block_quantized, entries = replay_awq_block(block, prefix, describe_block(block, spec), artifact, group_size)
+        quantized.update({f"{prefix}.{name}": q for name, q in block_quantized.items()})
+        used.update(entries)
+    check_artifact_used(artifact, used)
     return quantized
 
 
-def _take(remaining: dict[str, torch.Tensor], key: str) -> torch.Tensor:
-    if key not in remaining:
+def replay_awq_block(block: nn.Module, prefix: str, layout: BlockLayout, artifact: dict[str, torch.Tensor],
+                     group_size: int) -> tuple[dict[str, Int4Weight], dict[str, torch.Tensor]]:
+    """AWQ on one block from a saved search instead of a new one: fold the artifact's scales
+    into `block` and quantize with its clips, the steps `awq_block` takes after its searches,
+    so the weights are bit for bit the searched run's. Returns the block's Int4Weights
+    (block-relative names) and the artifact entries it used (full names)."""
+    used = {}
+    for m in layout.mappings:
+        used[scale_key(f"{prefix}.{m.smooth}")] = _take(artifact, scale_key(f"{prefix}.{m.smooth}"))
+    fold_block_scales(block, layout.mappings, {m.smooth: used[scale_key(f"{prefix}.{m.smooth}")] for m in layout.mappings})
+    clips = {}
+    for name, ref in layout.linears.items():
+        clip = artifact.get(clip_key(f"{prefix}.{name}"))
+        if clip is None:
+            continue
+        rows, columns = ref.get().shape
+        if clip.numel() != rows * (columns // group_size):
+            raise QfidError(f"the saved AWQ search clipped {prefix}.{name} in groups of "
+                            f"{columns * rows // max(clip.numel(), 1)}, not {group_size}: use its group size")
+        clips[name] = used[clip_key(f"{prefix}.{name}")] = clip
+    return quantize_block_linears(layout.linears, clips, group_size), used
+
+
+def check_artifact_used(artifact: dict[str, torch.Tensor], used) -> None:
+    """A saved search with entries no block took was made on another model."""
+    extra = [key for key in artifact if key not in used]
+    if extra:
+        raise QfidError(f"AWQ artifact has {len(extra)} entries this model lacks, e.g. {extra[0]}")
+
+
+def _take(artifact: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    if key not in artifact:
         raise QfidError(f"AWQ artifact has no {key}: it was searched on a different model or architecture")
-    return remaining.pop(key)
+    return artifact[key]

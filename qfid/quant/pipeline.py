@@ -187,6 +187,20 @@ class _Run:
         self.source = CheckpointSource(self.model_dir)
         self.shell = ModelShell(self.model_dir, self.spec, self.source, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.saved_search = self._saved_search()
+
+    def _saved_search(self) -> dict[str, torch.Tensor] | None:
+        """The AWQ search to replay (`--awq-search-from`); entries for blocks this model does
+        not have fail here, a missing entry when its block comes."""
+        if self.config.awq_search_from is None:
+            return None
+        from qfid.quant.artifact import read_awq_artifact
+        from qfid.quant.awq import check_artifact_used
+
+        artifact = read_awq_artifact(self.config.awq_search_from)
+        blocks = {f"{self.spec.blocks}.{i}." for i in range(len(self.shell.blocks))}
+        check_artifact_used(artifact, [k for k in artifact if any(k.startswith(b) for b in blocks)])
+        return artifact
 
     def _plan(self) -> None:
         """Every quantized Linear (full checkpoint name -> shape) and how it is stored;
@@ -283,7 +297,7 @@ class _Run:
         if not drift_in_calib:
             streams.drift_fp, _ = run_block(block, streams.drift_fp, {})
         job = BlockJob(block, prefix, describe_block(block, self.spec), self.spec, self.config, self.group_size,
-                       streams.calib, self.score_dtype)
+                       streams.calib, self.score_dtype, self.saved_search)
         outcome = self.handler.quantize_block(job)
         store_kept(block, prefix, outcome.quantized, self.config)
         if drift_in_calib:
@@ -356,7 +370,8 @@ class _Run:
             "group_size_auto": self.group_auto,
             "fp8_weights": config.fp8_weights if config.scheme == "fp8" else None,
             "fp8_activations": config.fp8_activations if config.scheme == "fp8" else None,
-            "awq": {"grid": config.awq_grid, "clip": config.awq_clip} if config.scheme == "awq-int4" else None,
+            "awq": {"grid": config.awq_grid, "clip": config.awq_clip, "search_from": config.awq_search_from}
+            if config.scheme == "awq-int4" else None,
             "calibration": {"source": config.calib or "builtin", "description": self.calib_desc,
                             "samples": config.calib_samples, "seq_len": config.calib_seq_len, "seed": config.seed},
             "device": str(self.device),

@@ -33,6 +33,7 @@ class BlockJob:
     group_size: int | None
     calib: list[BlockBatch] | None         # fp calibration activations into the block (None: scheme needs none)
     score_dtype: torch.dtype = torch.float32
+    saved_search: dict[str, torch.Tensor] | None = None   # AWQ: a saved search to replay (full names)
 
 
 @dataclass
@@ -62,11 +63,14 @@ class AwqInt4(RtnInt4):
     name = "awq-int4"
 
     def needs_calibration(self, config: QuantConfig) -> bool:
-        return True
+        return config.awq_search_from is None   # a replayed search needs no activations
 
     def quantize_block(self, job: BlockJob) -> BlockOutcome:
-        from qfid.quant.awq import DEFAULT_SEARCH_TOKENS, AwqResult, awq_block
+        from qfid.quant.awq import DEFAULT_SEARCH_TOKENS, AwqResult, awq_block, replay_awq_block
 
+        if job.saved_search is not None:
+            quantized, used = replay_awq_block(job.block, job.prefix, job.layout, job.saved_search, job.group_size)
+            return BlockOutcome(quantized, artifact=dict(used))
         result = AwqResult({}, {}, {})
         result.timings = _zeroed()
         with reused_heap():   # the searches make the same large temporaries at every grid point

@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -137,9 +137,18 @@ class _Sweep:
                    "sensitivity": "mean KL of the final next-token distributions with the unit alone quantized "
                                   f"({RANKING_SAMPLES} x {RANKING_SEQ_LEN} calibration tokens)"}
             candidate = Candidate(scheme.name, scheme, self._checkpoints / scheme.folder,
-                                  scheme.quant_config(calib, keep), units, why)
+                                  self._keep_config(scheme, calib, keep), units, why)
         self._quantize(candidate)
         return candidate
+
+    def _keep_config(self, scheme: SweepScheme, calib: str | None, keep: list[str]) -> QuantConfig:
+        """A `+keep:N` of an AWQ base replays the base's saved search (`awq_search_from`):
+        keeping layers changes their storage, not the search, so the checkpoint is bit for bit
+        what a new search would write, without its cost (most of an AWQ quantization)."""
+        config = scheme.quant_config(calib, keep)
+        if config.scheme != "awq-int4":
+            return config
+        return replace(config, awq_search_from=str(self._checkpoints / _base_scheme(scheme).folder))
 
     @property
     def _checkpoints(self) -> Path:
@@ -247,9 +256,9 @@ class _Sweep:
         self.console.print(f"eval {name} on {', '.join(s.name for s in self.suites)} "
                            f"(limit {self.o.limit or 'none'}, {EVAL_DTYPE})")
         identity = build_manifest(name, backend, self.suites, options)["identity"]
-        replace = store.manifest_file.is_file() and store.manifest().get("identity") != identity
+        other_settings = store.manifest_file.is_file() and store.manifest().get("identity") != identity
         with self._timed(f"eval {name}"):
-            evaluate_run(name, backend, self.suites, store, options, overwrite=replace)
+            evaluate_run(name, backend, self.suites, store, options, overwrite=other_settings)
 
     def measure(self, kind: str, name: str, path: Path, compute: Callable[[], float]) -> float:
         """A cached figure (held-out perplexity, throughput) of a checkpoint."""

@@ -47,11 +47,37 @@ def awq_runs(tiny_llama_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("keep")
     runs = {}
     for name, extra in {"base": {}, "fp8": {"keep": KEPT_UNITS, "keep_as": "fp8"},
-                        "bf16": {"keep": KEPT_UNITS, "keep_as": "bf16", "format": "compressed-tensors"}}.items():
+                        "bf16": {"keep": KEPT_UNITS, "keep_as": "bf16", "format": "compressed-tensors"},
+                        "fp8-replayed": {"keep": KEPT_UNITS, "keep_as": "fp8", "awq_search_from": str(root / "base")}}.items():
         base_format = {"format": "compressed-tensors"} if name == "base" else {}
         quantize_model(str(tiny_llama_dir), QuantConfig(scheme="awq-int4", **CALIB, **base_format, **extra), root / name)
         runs[name] = root / name
     return runs
+
+
+def test_replaying_the_base_search_writes_the_searched_keep_checkpoint_bit_for_bit(awq_runs):
+    """What the sweep does for +keep:N: the base's saved scales and clips instead of a new search."""
+    searched, replayed = _tensors(awq_runs["fp8"]), _tensors(awq_runs["fp8-replayed"])
+    assert set(searched) == set(replayed) and all(torch.equal(searched[k], replayed[k]) for k in searched)
+    artifact = load_file(awq_runs["fp8"] / "qfid" / "awq_artifact.safetensors")
+    again = load_file(awq_runs["fp8-replayed"] / "qfid" / "awq_artifact.safetensors")
+    assert set(artifact) == set(again) and all(torch.equal(artifact[k], again[k]) for k in artifact)
+    config = [json.loads((awq_runs[n] / "config.json").read_text())["quantization_config"] for n in ("fp8", "fp8-replayed")]
+    assert config[0] == config[1]
+    meta = json.loads((awq_runs["fp8-replayed"] / "qfid_quant.json").read_text())
+    assert meta["awq"]["search_from"] == str(awq_runs["base"])
+
+
+def test_a_saved_search_that_does_not_fit_fails_with_one_line(tiny_llama_dir, awq_runs, tmp_path):
+    with pytest.raises(QfidError, match="only be replayed by awq-int4"):
+        QuantConfig(scheme="rtn-int4", awq_search_from=str(awq_runs["base"]))
+    with pytest.raises(QfidError, match="group size"):
+        quantize_model(str(tiny_llama_dir), QuantConfig(scheme="awq-int4", group_size=16, awq_search_from=str(awq_runs["base"]),
+                                                        **CALIB), tmp_path / "g")
+    with pytest.raises(QfidError, match="no AWQ search artifact"):
+        quantize_model(str(tiny_llama_dir), QuantConfig(scheme="awq-int4", awq_search_from=str(tiny_llama_dir), **CALIB),
+                       tmp_path / "n")
+    assert not (tmp_path / "g").exists() and not (tmp_path / "n").exists()
 
 
 def test_other_layers_are_bit_for_bit_the_run_without_keep(awq_runs):
