@@ -417,26 +417,29 @@ def _drift_leads_calibration(streams: _Streams) -> bool:
 
 
 def _install_quantized(block, outcome: BlockOutcome) -> None:
-    """Put the quantized layers into the block as the torch reference kernel runs them: INT4
-    weights dequantized from their stored form (fp16 scales) in place of the fp weights,
-    FP8 Linears swapped for Fp8Linear (which also rounds activations through E4M3); FP8
-    experts, which transformers 5 fuses, dequantized in place as qfid.load does. Dense
-    matmuls keep the drift pass fast where no INT4 kernel suits thousands of rows."""
+    """Put the quantized layers into the block as the torch reference kernel computes them,
+    for the drift pass: INT4 weights dequantized from their stored form (fp16 scales) in
+    place of the fp weights; FP8 weights likewise, with the activations rounded through
+    E4M3 on the way in (a pre-hook: per token, or the static scale), i.e.
+    `kernels.reference.fp8_linear` with its weight dequantized once instead of per call;
+    FP8 experts, which transformers 5 fuses, dequantized in place as qfid.load does. Dense
+    fp32 matmuls keep the drift pass fast: no quantized kernel suits thousands of fp32
+    rows (qfid's FP8 CPU GEMM took twice as long here as dequantize + F.linear)."""
     from qfid.layouts.packing import as_stored
-    from qfid.layouts.primitives import Int4Weight, int4_dequantize_into
+    from qfid.layouts.primitives import Int4Weight, fp8_fake_quantize_activation, int4_dequantize_into
     from qfid.models.linears import block_weight
-    from qfid.quant.codecs import codec_of
 
     for rel, weight in outcome.quantized.items():
         ref = block_weight(block, rel)
         if isinstance(weight, Int4Weight) and ref.get().device.type == "cpu":
             int4_dequantize_into(as_stored(weight), ref.get())
-        elif isinstance(weight, Int4Weight) or ref.expert is not None:
-            stored = as_stored(weight) if isinstance(weight, Int4Weight) else weight
-            ref.set(stored.dequantize(torch.float32))
-        else:
-            module = codec_of(weight).runtime_module(weight, ref.bias)
-            block.set_submodule(rel, module.to(ref.get().device))
+            continue
+        stored = as_stored(weight) if isinstance(weight, Int4Weight) else weight
+        ref.set(stored.dequantize(torch.float32))
+        if not isinstance(weight, Int4Weight) and ref.expert is None:
+            def round_input(_module, args, scale=weight.input_scale):
+                return (fp8_fake_quantize_activation(args[0], scale), *args[1:])
+            ref.module.register_forward_pre_hook(round_input)
 
 
 def record_summary(result: QuantResult, block_seconds: list[float] | None = None,
