@@ -41,7 +41,7 @@ from qfid.layouts.primitives import default_group_size
 from qfid.quant.schemes import SCHEMES, BlockJob, BlockOutcome
 from qfid.quant.writer import MAX_SHARD_BYTES, CheckpointWriter, write_side_files
 from qfid.utils.fs import atomic_write_text
-from qfid.utils.memory import release_freed_memory, reused_heap
+from qfid.utils.memory import release_freed_memory
 
 DRIFT_SAMPLES = 4
 
@@ -246,7 +246,7 @@ class _Run:
                 self._block(i, streams)
             self.block_seconds.append(time.perf_counter() - t0)
             self._report(i + 1)
-        with self.watch("drift"), reused_heap():   # each vocabulary slice of the head upcast in turn
+        with self.watch("drift"):
             self.ppl = self._drift(streams)
         with self.watch("save"):
             self._finish()
@@ -306,8 +306,7 @@ class _Run:
             self.search_timings[stage] = self.search_timings.get(stage, 0.0) + seconds
         for name, why in outcome.fallbacks.items():
             self.warn(f"{name}: {why}")
-        with reused_heap():   # packing makes weight-sized temporaries, layer after layer
-            self._write_block(block, prefix, outcome)
+        self._write_block(block, prefix, outcome)
         _install_quantized(block, outcome)
         streams.drift_q, _ = run_block(block, streams.drift_q, {})
         streams.calib = outcome.calib_out if streams.calib is not None else None

@@ -12,7 +12,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 # state the dynamic threshold settles in after large frees: blocks up to 32 MB from the heap,
 # trimmed past twice that (not the 128 KB start, which would map every later tensor afresh).
 _SETTLED_MMAP_THRESHOLD, _SETTLED_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 32 << 20, 64 << 20, 65536
-_HELD_FREE_BYTES = 1 << 30
+_HELD_FREE_BYTES = 64 << 20
 
 
 def release_freed_memory(full_collect: bool = True) -> None:
@@ -46,12 +46,9 @@ def reused_heap():
     points per mapping, each through a forward whose intermediates on an 8B block are
     60-120 MB) page-faults all of them in every round: measured on a 2-core Zen 4, 11% of
     the quantizer's CPU time was system time. Inside this context nothing is mmapped and up
-    to 1 GB of freed memory stays at the heap top (at 64 MB, the top was trimmed after
-    every grid point's MLP temporaries and faulted in again: 1.5 million minor faults, 6 s
-    of system time, in one 8B block's scale search; 0.25 million and 1.5 s at 1 GB, with
-    the same peak RSS, since what is kept is the loop's own working set); on exit mapping
-    is allowed again and the free memory is returned (`malloc_trim`), so the peak is the
-    loop's working set, once. Not reentrant. A no-op without glibc."""
+    to 64 MB of freed memory stays at the heap top; on exit mapping is allowed again and the free
+    memory is returned (`malloc_trim`), so the peak is the loop's working set, once. A
+    no-op without glibc."""
     libc = _glibc()
     if libc is None:
         yield
