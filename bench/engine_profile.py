@@ -135,11 +135,12 @@ def phase_table(steps: list[dict]) -> dict:
     return out
 
 
-def forward_ops(llm: LLM, prompts, params) -> dict:
-    """Self CPU seconds of the forward's ops by kind, from torch.profiler, and the forward's wall."""
+def forward_ops(llm: LLM, log: StepLog, prompts, params) -> dict:
+    """Self CPU seconds of the run's ops by kind, from torch.profiler, and the forward's wall
+    (`log`: the engine's step log, emptied first)."""
     from torch.profiler import ProfilerActivity, profile
 
-    log = StepLog(llm)
+    log.steps.clear()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         llm.generate(prompts, params)
     forward_wall = sum(s.get("forward", 0.0) for s in log.steps)
@@ -208,7 +209,8 @@ def main() -> None:
               "peaks": peaks, "dims": dims, "wall_s": wall, "output_tokens": output_tokens,
               "output_tok_s": output_tokens / wall, "steps": len(log.steps),
               "limit_s": limit_s, "limit_output_tok_s": output_tokens / limit_s, "fraction_of_limit": limit_s / wall,
-              "phases": phase_table(log.steps), "forward_ops": forward_ops(llm, prompts, params)}
+              "phases": phase_table(log.steps)}
+    record["forward_ops"] = forward_ops(llm, log, prompts, params)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: record[k] for k in ("peaks", "output_tok_s", "limit_output_tok_s", "fraction_of_limit", "phases",
                                               "forward_ops")}, indent=2))

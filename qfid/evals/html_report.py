@@ -78,8 +78,6 @@ def table_html(headers, rows) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-
-
 def _notes(comparisons: list[Comparison]) -> str:
     notes: dict[str, None] = {}
     for comparison in comparisons:

@@ -156,10 +156,9 @@ def replay_awq_block(block: nn.Module, prefix: str, layout: BlockLayout, artifac
     into `block` and quantize with its clips, the steps `awq_block` takes after its searches,
     so the weights are bit for bit the searched run's. Returns the block's Int4Weights
     (block-relative names) and the artifact entries it used (full names)."""
-    used = {}
-    for m in layout.mappings:
-        used[scale_key(f"{prefix}.{m.smooth}")] = _take(artifact, scale_key(f"{prefix}.{m.smooth}"))
-    fold_block_scales(block, layout.mappings, {m.smooth: used[scale_key(f"{prefix}.{m.smooth}")] for m in layout.mappings})
+    scales = {m.smooth: _take(artifact, scale_key(f"{prefix}.{m.smooth}")) for m in layout.mappings}
+    fold_block_scales(block, layout.mappings, scales)
+    used = {scale_key(f"{prefix}.{smooth}"): s for smooth, s in scales.items()}
     clips = {}
     for name, ref in layout.linears.items():
         clip = artifact.get(clip_key(f"{prefix}.{name}"))
