@@ -6,6 +6,15 @@ import os
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton's jit reads TRITON_INTERPRET when triton is first imported, and importing
+# transformers' modeling code imports triton: set here, before any test module is collected,
+# so the interpreter tests (test_kernels_triton, test_engine_triton) run interpreted on CPU
+# whatever another module imports first. On a GPU machine it stays unset (compiled kernels).
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 
 
 @pytest.fixture(scope="session")

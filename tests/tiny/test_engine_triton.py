@@ -14,9 +14,7 @@ import os
 import pytest
 import torch
 
-ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
-if not ON_GPU:
-    os.environ["TRITON_INTERPRET"] = "1"   # before triton is first imported in this process
+ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"   # conftest sets it on a CPU
 pytest.importorskip("triton")
 
 from qfid import LLM, SamplingParams  # noqa: E402

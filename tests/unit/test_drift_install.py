@@ -11,6 +11,8 @@ import copy
 
 import pytest
 import torch
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from qfid.layouts.primitives import FP8_E4M3_MAX, fp8_quantize
 from qfid.quant.linear import Fp8Linear
@@ -22,11 +24,6 @@ LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 
 
 def _block(seed: int):
-    # imported here, not at collection: transformers' modeling imports triton, which must
-    # first see the TRITON_INTERPRET=1 that test_kernels_triton.py sets when it is collected
-    from transformers import LlamaConfig
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
-
     torch.manual_seed(seed)
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                          num_hidden_layers=1, vocab_size=100)

@@ -15,11 +15,9 @@ import os
 import pytest
 import torch
 
-# Chosen before triton is imported anywhere in this process: the jit decorator reads it.
-# TRITON_INTERPRET=1 already set keeps the interpreter on a GPU machine too.
+# tests/conftest.py sets TRITON_INTERPRET=1 without a GPU, before triton is imported anywhere
+# (the jit decorator reads it); set by hand it keeps the interpreter on a GPU machine too.
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
-if not ON_GPU:
-    os.environ["TRITON_INTERPRET"] = "1"
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 
 pytest.importorskip("triton")
