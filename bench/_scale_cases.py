@@ -141,15 +141,43 @@ def run_case(case: Case, work: Path, calib_samples: int | None, timeout_s: float
     if calib_samples:
         cmd += ["--calib-samples", str(calib_samples)]
     out_parent.mkdir(parents=True)
+    page_cache = settle_page_cache(Path(case.source))
     measured = measure(cmd, env=child_env(root), cwd=out_parent, log_path=work / "logs" / f"{case.name}.log",
                        timeout_s=timeout_s)
     row = {"model": case.model, "scheme": case.scheme, "layers": case.layers, "code": case.code,
-           "qfid_root": str(root), "qfid_imported_from": imported_from(measured.log), **measured.as_dict(),
+           "qfid_root": str(root), "qfid_imported_from": imported_from(measured.log), "page_cache": page_cache,
+           **measured.as_dict(),
            "error": measured.error()}
     if measured.ok:
         row.update(read_outcome(out, case.layers, measured.wall_s, work / "logs" / f"{case.name}.qfid_quant.json"))
     shutil.rmtree(out_parent, ignore_errors=True)
     return row
+
+
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def settle_page_cache(source: Path) -> str:
+    """Start every run from the same page cache: written pages synced, the clean cache
+    dropped (where this process may: root on Linux), then the source checkpoint read once.
+
+    A run's system time otherwise depends on what ran before it, not on the quantizer: with
+    the cache full of an earlier run's files, each allocation first reclaims cached pages
+    (counted as the allocating process's system time) and a source evicted meanwhile is read
+    from disk (copying an 8B's 2 GB embeddings and head cost 7.7 s of system time cold,
+    0.8 s warm). Both codes get the same treatment; returns what was done, for the row."""
+    os.sync()
+    try:
+        DROP_CACHES.write_text("1\n")
+        done = "dropped, source read once"
+    except OSError:
+        done = "not dropped (no permission), source read once"
+    files = [p for p in source.rglob("*") if p.is_file()] if source.is_dir() else []
+    for path in files:
+        with open(path, "rb") as f:
+            while f.read(64 << 20):
+                pass
+    return done if files else done.replace("source read once", "source is a model name")
 
 
 def imported_from(log: str) -> str | None:

