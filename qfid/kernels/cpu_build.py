@@ -3,7 +3,10 @@
 Why a build at run time: the kernels need AVX-512 BF16 code that a portable wheel cannot
 assume, and the machine that runs them is the only one that knows its own CPU. The
 library is keyed by the source hash and the torch version under the user cache, so it is
-built once per machine. Anything missing (no compiler, no ninja, an older CPU) means the
+built once per machine: the sources are copied into that folder and compiled from there,
+because torch's build files record source paths, and two checkouts of the same sources
+(a worktree, an installed copy) compiling from their own paths rebuilt the library each
+time the other had loaded it (50 s on 2 cores, inside whatever was being timed). Anything missing (no compiler, no ninja, an older CPU) means the
 ops are simply absent and the dispatcher falls back — with one log line saying why.
 """
 from __future__ import annotations
@@ -67,6 +70,21 @@ def _build_dir() -> Path:
     return path
 
 
+def _stable_sources(build: Path) -> Path:
+    """The kernel sources copied into `build` (whose name is their hash), so every checkout
+    compiles the very same paths. Each file lands by rename: a concurrent first use never
+    reads half of one."""
+    folder = build / "src"
+    folder.mkdir(exist_ok=True)
+    for name in _SOURCES + _HEADERS:
+        target = folder / name
+        if not target.is_file():
+            tmp = folder / f".{name}.{os.getpid()}.tmp"
+            shutil.copyfile(source_dir() / name, tmp)
+            os.replace(tmp, target)
+    return folder
+
+
 @functools.lru_cache(maxsize=1)
 def load_cpu_ops() -> bool:
     """Build (once) and load the CPU ops into `torch.ops.qfid_cpu`; False when unavailable."""
@@ -80,7 +98,8 @@ def load_cpu_ops() -> bool:
     if not any(build.glob("*.so")):
         log.info("compiling the qfid CPU kernels (once per machine) into %s", build)
     try:
-        load(name="qfid_cpu_kernels", sources=[str(source_dir() / s) for s in _SOURCES],
+        sources = _stable_sources(build)
+        load(name="qfid_cpu_kernels", sources=[str(sources / s) for s in _SOURCES],
              extra_cflags=_CFLAGS, extra_ldflags=["-fopenmp"], build_directory=str(build),
              is_python_module=False, verbose=False)
     except (RuntimeError, OSError, ImportError) as exc:  # compiler errors surface as RuntimeError
