@@ -21,7 +21,8 @@ from pathlib import Path
 ACTIVATION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "awq-int4": "bfloat16", "fp8": "bfloat16"}
 
 
-def worker(model: str, scheme: str, batch: int, context: int, steps: int) -> dict:
+def worker(model: str, scheme: str, batch: int, context: int, steps: int, keep: dict | None = None) -> dict:
+    """One (scheme, batch) row; `keep` receives the LLM (for callers that inspect it after)."""
     from qfid.bench.harness import resolve_model
     from qfid.engine.llm import LLM
     from qfid.engine.sampling import SamplingParams
@@ -37,6 +38,8 @@ def worker(model: str, scheme: str, batch: int, context: int, steps: int) -> dic
         llm.engine.step()
         times.append(time.perf_counter() - start)
     decode = times[-steps:][2:]
+    if keep is not None:
+        keep["llm"] = llm
     return {"scheme": scheme, "batch": batch, "context": context, "decode_ms_median": 1000 * statistics.median(decode),
             "decode_ms_best": 1000 * min(decode), "tokens_per_s": batch / statistics.median(decode)}
 

