@@ -6,8 +6,9 @@ library is keyed by the source hash and the torch version under the user cache, 
 built once per machine: the sources are copied into that folder and compiled from there,
 because torch's build files record source paths, and two checkouts of the same sources
 (a worktree, an installed copy) compiling from their own paths rebuilt the library each
-time the other had loaded it (50 s on 2 cores, inside whatever was being timed). Anything missing (no compiler, no ninja, an older CPU) means the
-ops are simply absent and the dispatcher falls back — with one log line saying why.
+time the other had loaded it (50 s on 2 cores, inside whatever was being timed). Anything
+missing (no compiler, no ninja, an older CPU) means the ops are simply absent and the
+dispatcher falls back — with one log line saying why.
 """
 from __future__ import annotations
 

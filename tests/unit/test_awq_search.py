@@ -79,3 +79,19 @@ def test_clip_search_never_loses_to_no_clip_and_stays_in_the_shrink_range():
     assert (err_clip <= err_rtn).all()
     max_abs = w.abs().reshape(16, 2, G).amax(-1)
     assert (clip <= max_abs).all() and (clip >= 0.525 * max_abs - 1e-6).all()
+
+
+@pytest.mark.parametrize("rows_per_chunk", [1, 5, 16])
+def test_clip_search_by_row_chunks_is_bit_for_bit_the_whole_search(monkeypatch, rows_per_chunk):
+    """The CPU search takes CLIP_CHUNK_BYTES of rows at a time (cache-sized passes); rows are
+    independent, so any chunking (a ragged last chunk included) picks exactly the same clips."""
+    import qfid.quant.awq_search as awq_search
+
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(37, 96, generator=gen) * 0.02
+    x = torch.randn(300, 96, generator=gen) * torch.rand(96, generator=gen) * 4
+    gram = group_gram(x, G)
+    monkeypatch.setattr(awq_search, "CLIP_CHUNK_BYTES", 1 << 30)
+    whole = search_clip(w, gram, G)
+    monkeypatch.setattr(awq_search, "CLIP_CHUNK_BYTES", 4 * 96 * rows_per_chunk)
+    assert torch.equal(search_clip(w, gram, G), whole)
