@@ -169,15 +169,15 @@ def settle_page_cache(source: Path) -> str:
     os.sync()
     try:
         DROP_CACHES.write_text("1\n")
-        done = "dropped, source read once"
+        cache = "dropped"
     except OSError:
-        done = "not dropped (no permission), source read once"
+        cache = "not dropped (no permission)"
     files = [p for p in source.rglob("*") if p.is_file()] if source.is_dir() else []
     for path in files:
         with open(path, "rb") as f:
             while f.read(64 << 20):
                 pass
-    return done if files else done.replace("source read once", "source is a model name")
+    return f"{cache}, {'source read once' if files else 'source is a model name'}"
 
 
 def imported_from(log: str) -> str | None:

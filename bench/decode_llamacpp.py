@@ -25,6 +25,7 @@ another interpreter that has it.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import subprocess
@@ -34,6 +35,16 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]   # bench/kernels.py shadows `kernels`
+
+
+def bench_module(name: str):
+    """A sibling bench script imported with this folder on sys.path only while it loads."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        if str(BENCH) in sys.path:   # engine_profile drops it itself
+            sys.path.remove(str(BENCH))
 
 
 def prompt_ids(context: int) -> list[int]:
@@ -62,12 +73,8 @@ def llamacpp_worker(gguf: str, context: int, steps: int, threads: int) -> dict:
 
 
 def qfid_worker(model: str, context: int, steps: int) -> dict:
-    sys.path.insert(0, str(BENCH))
-    from decode import worker
-    sys.path.remove(str(BENCH))
-
     held = {}
-    row = worker(model, "awq-int4", 1, context, steps, keep=held)
+    row = bench_module("decode").worker(model, "awq-int4", 1, context, steps, keep=held)
     return {"engine": "qfid awq-int4", "decode_ms_median": row["decode_ms_median"], "decode_ms_best": row["decode_ms_best"],
             "weight_bytes_per_token": runtime_weight_bytes(held["llm"].engine.model_runner.model)}
 
@@ -114,10 +121,7 @@ def weight_bytes_gguf(gguf: str) -> int:
 
 def copy_bandwidth() -> float:
     """bench/engine_profile.py's measure: a 512 MB copy, read + write bytes."""
-    sys.path.insert(0, str(BENCH))
-    from engine_profile import copy_bandwidth as measure
-
-    return measure()
+    return bench_module("engine_profile").copy_bandwidth()
 
 
 def default_gguf() -> str:
@@ -168,22 +172,12 @@ def summarize(rounds: list[dict], qfid_bytes: int, gguf_bytes: int, bandwidth: f
         limit_tok_s = bandwidth / nbytes
         engines[key] = {"decode_ms_median_of_rounds": ms, "tokens_per_s": 1000 / ms, "bytes_per_token": nbytes,
                         "bandwidth_limit_tokens_per_s": limit_tok_s, "fraction_of_limit": (1000 / ms) / limit_tok_s}
-    return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": _cpu_model(),
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": bench_module("_scale_report").machine_info(),
             "workload": f"batch 1, prompt {args.context} tokens, {args.steps} greedy tokens, EOS ignored, "
                         f"{args.threads} threads",
             "copy_bandwidth_bytes_per_s": bandwidth, "engines": engines,
             "qfid_over_llamacpp_tokens_per_s": engines["qfid"]["tokens_per_s"] / engines["llama.cpp"]["tokens_per_s"],
             "rounds": rounds}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def render(report: dict) -> None:
