@@ -69,6 +69,26 @@ def int4_linear(x: torch.Tensor, tensors: dict, bias: torch.Tensor | None) -> to
     return _torch_int4(x, tensors, bias)
 
 
+class Int4Gemm:
+    """One INT4 weight bound to qfid's op (`bind_int4`); its fields are what the op reads,
+    which the captured decode step (layers/cpu_decode.py) passes to C++ itself."""
+
+    def __init__(self, tensors: dict, bias: torch.Tensor | None):
+        self.tiles, self.bias = tensors["tiles"], bias
+        self.group_size, self.out_features = tensors["group_size"], tensors["out_features"]
+        self.gemm = torch.ops.qfid_cpu.int4_gemm.default
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gemm(self.tiles, x, self.bias, self.group_size, self.out_features)
+
+
+def bind_int4(tensors: dict, bias: torch.Tensor | None):
+    """`int4_linear` for one prepared weight, calling qfid's op straight where it runs it."""
+    if tensors["kind"] == "qfid":
+        return Int4Gemm(tensors, bias)
+    return lambda x: int4_linear(x, tensors, bias)
+
+
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
                input_scale: torch.Tensor | None, quantize_activations: bool) -> torch.Tensor:
     """Weight-only E4M3 straight from the checkpoint layout (no repack); activations are

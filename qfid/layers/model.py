@@ -11,7 +11,8 @@ so greedy decoding matches `generate` token for token.
 
 Kernel choices are made once, at build time, through `kernels.dispatch`: the attention
 backend (one object shared by every layer), whether norms / RoPE / SiLU-and-mul run as
-fused CPU ops, and which dense weights are repacked for the CPU GEMM.
+fused CPU ops, which kernel each linear is bound to (layers/packed_linear.py), and whether
+decode-only steps run as one captured C++ call on a CPU (layers/cpu_decode.py).
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from torch import nn
 
 from qfid.kernels import dispatch
 from qfid.layers.attention import AttentionBackend, AttentionMetadata, select_attention_backend
+from qfid.layers.cpu_decode import CpuDecodeLayers
 from qfid.layers.linear import ParallelLinears
 from qfid.layers.norm import RMSNorm
-from qfid.layers.packed_linear import pack_dense_linears
+from qfid.layers.packed_linear import bind_linears
 from qfid.layers.rotary import Rotary, apply_rotary, head_dim
 from qfid.models.linears import block_module, decoder_blocks
 from qfid.models.mappings import ArchSpec, RuntimeNames, arch_spec
@@ -112,6 +114,7 @@ class CausalLM(nn.Module):
         self.norm = RMSNorm(hf_model.get_submodule(spec.final_norm).weight, config.rms_norm_eps, cpu_ops)
         self.lm_head = hf_model.get_output_embeddings()
         self.rotary = Rotary(config, self.dtype, self.device)
+        self.captured_decode: CpuDecodeLayers | None = None   # set by build_runtime_model where it applies
 
     @property
     def kv_shape(self) -> tuple[int, int, int]:
@@ -122,8 +125,11 @@ class CausalLM(nn.Module):
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         x, residual = self.embed_tokens(input_ids), None
         rope = self.rotary.tables(positions)
-        for layer, kv_cache in zip(self.layers, kv_caches):
-            x, residual = layer(x, residual, rope, meta, kv_cache)
+        if self.captured_decode is not None and self.captured_decode.covers(meta, x.shape[0]):
+            x, residual = self.captured_decode(x, rope, meta, kv_caches)
+        else:
+            for layer, kv_cache in zip(self.layers, kv_caches):
+                x, residual = layer(x, residual, rope, meta, kv_cache)
         return self.norm.add_norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -144,5 +150,6 @@ def build_runtime_model(hf_model: nn.Module, attention: str | None = None) -> Ca
     device's default, or QFID_ATTENTION's)."""
     architectures = getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__]
     model = CausalLM(hf_model, arch_spec(architectures[0]), attention).eval()
-    pack_dense_linears(model)
+    bind_linears(model)
+    model.captured_decode = CpuDecodeLayers.build(model)
     return model

@@ -72,6 +72,12 @@ class Int4Linear(_QuantizedLinear):
         """Dense `[out, in]` weight, computed in fp32 (exact for fp16/fp32 scales) then cast."""
         return self.int4_weight().dequantize(dtype)
 
+    def bind_kernel(self):
+        """`x -> self(x)` with the kernel chosen and the weight repacked once (the runtime's swap)."""
+        from qfid.kernels.dispatch import bind_int4
+
+        return bind_int4(self.qweight, self.qzeros, self.scales, self.group_size, _data(self.bias))
+
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         from qfid.kernels import int4_linear, prepare_int4
 
@@ -123,6 +129,12 @@ class Fp8Linear(_QuantizedLinear):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return fp8_dequantize(self.fp8_weight(), dtype)
 
+    def bind_kernel(self):
+        """`x -> self(x)` with the kernel chosen once (the runtime's swap)."""
+        from qfid.kernels.dispatch import bind_fp8
+
+        return bind_fp8(self.weight, self.weight_scale, _data(self.bias), self.input_scale, self.quantize_activations)
+
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         from qfid.kernels import fp8_linear
 
@@ -133,6 +145,10 @@ class Fp8Linear(_QuantizedLinear):
         acts = "static" if self.input_scale is not None else "dynamic" if self.quantize_activations else "none"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"weight_scale={scale}, activations={acts}, bias={self.bias is not None}")
+
+
+def _data(bias: nn.Parameter | None) -> torch.Tensor | None:
+    return None if bias is None else bias.data
 
 
 def _same_optional(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:

@@ -122,7 +122,8 @@ def test_other_llama_family_variants_match_hf(tmp_path, architecture, overrides)
 ])
 def test_quantized_checkpoints_match_hf_with_the_same_quantized_modules(request, tmp_path, model, scheme, fmt):
     """qfid's INT4 / FP8 checkpoints run on the engine through the quantizer's own Linear
-    modules (q/k/v and gate/up concatenated into one where the format allows); greedy
+    modules (q/k/v and gate/up concatenated into one where the format allows), each bound
+    to its kernel; greedy
     tokens equal `generate` of the same loaded, unconcatenated model."""
     from qfid.config import QuantConfig
     from qfid.quant.formats import load_quantized_or_dense
@@ -135,9 +136,9 @@ def test_quantized_checkpoints_match_hf_with_the_same_quantized_modules(request,
     prompt = list(range(5, 45))
     llm = LLM(tmp_path / "q", dtype="float32", num_kv_blocks=16)
     attention = llm.engine.model_runner.model.layers[0].attention
-    assert type(attention.o_proj).__name__ in ("Int4Linear", "Fp8Linear")
+    assert attention.o_proj.kind in ("Int4Linear", "Fp8Linear")   # bound to its kernel (layers/packed_linear.py)
     if scheme == "rtn-int4":
-        assert type(attention.qkv_proj.fused).__name__ == "Int4Linear"
+        assert attention.qkv_proj.fused.kind == "Int4Linear"
     (output,) = llm.generate([prompt], SamplingParams(max_tokens=12, **GREEDY))
     expected = reference.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=0)
     assert output.token_ids == expected[0, len(prompt):].tolist()

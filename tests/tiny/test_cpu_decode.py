@@ -1,0 +1,116 @@
+"""The CPU's captured decode step (`qfid_cpu::decode_layers`, layers/cpu_decode.py) against
+the Python layers it replaces on decode-only steps: bit for bit the same hidden states, so
+the same tokens and the same logprob floats, on bf16 models with packed bf16 linears and
+with INT4 (RTN) linears, with and without biases, for concurrent requests of mixed lengths
+(so decode steps hold several sequences with different contexts and block tables)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qfid import LLM, SamplingParams
+from qfid.layers.cpu_decode import CpuDecodeLayers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernels():
+    from qfid.kernels.cpu_build import load_cpu_ops
+
+    if not load_cpu_ops():
+        pytest.skip("qfid CPU kernels unavailable here")
+
+
+@pytest.fixture(scope="module")
+def biased_llama_dir(tmp_path_factory):
+    """A tiny Llama with q/k/v/o and MLP biases (Qwen2 has q/k/v biases)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from qfid.testing.tiny import build_tokenizer
+
+    torch.manual_seed(1)
+    tokenizer = build_tokenizer(512)
+    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=1024,
+                         attention_bias=True, mlp_bias=True, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0, 0.1)
+    path = tmp_path_factory.mktemp("biased-llama")
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def rtn_checkpoint(source, out):
+    from qfid.quant.pipeline import QuantConfig, quantize_model
+
+    if not out.exists():
+        quantize_model(str(source), QuantConfig(scheme="rtn-int4", group_size=32, calib_samples=2, calib_seq_len=64), out)
+    return out
+
+
+class Counted:
+    """The captured step, recording each call's rows."""
+
+    def __init__(self, step: CpuDecodeLayers, calls: list):
+        self.step, self.calls, self.covers = step, calls, step.covers
+
+    def __call__(self, x, *rest):
+        self.calls.append(x.shape[0])
+        return self.step(x, *rest)
+
+
+def generate_both_ways(model_dir) -> tuple[list, list, int]:
+    """(outputs with the captured step, outputs with the Python layers, captured calls), each
+    from a fresh engine, so both schedule the same steps (no prefix-cache hits in the second)."""
+    prompts = [torch.randint(3, 400, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+               for n in (3, 9, 17, 30, 45, 64)]
+    params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True, logprobs=3)
+    outputs, calls = [], []
+    for captured in (True, False):
+        llm = LLM(str(model_dir), dtype="bfloat16", max_num_seqs=8)
+        runtime = llm.engine.model_runner.model
+        assert runtime.captured_decode is not None, "the captured step should cover this model"
+        runtime.captured_decode = Counted(runtime.captured_decode, calls) if captured else None
+        outputs.append(llm.generate(prompts, params))
+    return outputs[0], outputs[1], len(calls)
+
+
+def assert_identical(first, second):
+    for a, b in zip(first, second):
+        assert a.token_ids == b.token_ids
+        assert a.logprobs == b.logprobs   # every float equal: the same logits bit for bit
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["bf16", "int4"])
+def test_captured_step_equals_python_layers(tiny_llama_dir, tmp_path_factory, quantized):
+    model_dir = rtn_checkpoint(tiny_llama_dir, tmp_path_factory.mktemp("rtn") / "q") if quantized else tiny_llama_dir
+    captured, eager, calls = generate_both_ways(model_dir)
+    assert calls >= 19   # every decode-only step ran captured
+    assert_identical(captured, eager)
+
+
+def test_captured_step_with_biases(biased_llama_dir, tmp_path_factory):
+    for model_dir in (biased_llama_dir, rtn_checkpoint(biased_llama_dir, tmp_path_factory.mktemp("rtn-b") / "q")):
+        captured, eager, calls = generate_both_ways(model_dir)
+        assert calls >= 19
+        assert_identical(captured, eager)
+
+
+def test_not_built_where_it_does_not_apply(tiny_mixtral_dir, tiny_llama_dir, monkeypatch):
+    assert LLM(str(tiny_mixtral_dir), dtype="bfloat16").engine.model_runner.model.captured_decode is None   # MoE
+    monkeypatch.setenv("QFID_KERNEL", "reference")   # the torch path everywhere: nothing to capture
+    assert LLM(str(tiny_llama_dir), dtype="bfloat16").engine.model_runner.model.captured_decode is None
+
+
+def test_covers_only_decode_steps():
+    from qfid.layers.attention import AttentionMetadata
+
+    tables, lens = torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, dtype=torch.int32)
+    decode = AttentionMetadata(torch.zeros(2, dtype=torch.long), 2, decode_tables=tables, decode_lens=lens)
+    mixed = AttentionMetadata(torch.zeros(5, dtype=torch.long), 2, decode_tables=tables, decode_lens=lens)
+    assert CpuDecodeLayers.covers(decode, 2) and not CpuDecodeLayers.covers(mixed, 5)
