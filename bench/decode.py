@@ -21,14 +21,16 @@ from pathlib import Path
 ACTIVATION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "awq-int4": "bfloat16", "fp8": "bfloat16"}
 
 
-def worker(model: str, scheme: str, batch: int, context: int, steps: int, keep: dict | None = None) -> dict:
-    """One (scheme, batch) row; `keep` receives the LLM (for callers that inspect it after)."""
+def worker(model: str, scheme: str, batch: int, context: int, steps: int, keep: dict | None = None,
+           eager: bool = False) -> dict:
+    """One (scheme, batch) row; `keep` receives the LLM (for callers that inspect it after);
+    `eager` runs decode steps on the Python layers (the engine's enforce_eager)."""
     from qfid.bench.harness import resolve_model
     from qfid.engine.llm import LLM
     from qfid.engine.sampling import SamplingParams
 
     model_dir, _ = resolve_model(model, scheme)
-    llm = LLM(str(model_dir), dtype=ACTIVATION_DTYPES[scheme])
+    llm = LLM(str(model_dir), dtype=ACTIVATION_DTYPES[scheme], enforce_eager=eager)
     params = SamplingParams(max_tokens=steps + 1, temperature=0.0, ignore_eos=True)
     for i in range(batch):
         llm.engine.add_request([1 + (i * 7 + j) % 1000 for j in range(context)], params)

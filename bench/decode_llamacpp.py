@@ -7,7 +7,9 @@ GGUF's weights by `qfid quantize`, cached by `qfid bench`). Both get the same pr
 wall time of one token: qfid's engine step (scheduling, forward, LM head, sampling),
 llama.cpp's `eval([token])` plus the argmax over its logits. Each engine runs in a fresh
 process, alternately, `--rounds` times; the table has each round's median step and the
-qfid / llama.cpp ratio of the medians over rounds.
+qfid / llama.cpp ratio of the medians over rounds. A third process per round runs qfid with
+`enforce_eager` (decode steps on the Python layers instead of the captured C++ step,
+layers/cpu_decode.py), so the captured step's gain is a same-run ratio too.
 
 Also the bandwidth limit each run is measured against: at batch 1 a step reads every weight
 once, so tokens/s <= copy bandwidth / weight bytes. Weight bytes: for llama.cpp its file's
@@ -72,31 +74,27 @@ def llamacpp_worker(gguf: str, context: int, steps: int, threads: int) -> dict:
             "decode_ms_median": 1000 * statistics.median(decode), "decode_ms_best": 1000 * min(decode)}
 
 
-def qfid_worker(model: str, context: int, steps: int) -> dict:
+def qfid_worker(model: str, context: int, steps: int, eager: bool = False) -> dict:
     held = {}
-    row = bench_module("decode").worker(model, "awq-int4", 1, context, steps, keep=held)
-    return {"engine": "qfid awq-int4", "decode_ms_median": row["decode_ms_median"], "decode_ms_best": row["decode_ms_best"],
+    row = bench_module("decode").worker(model, "awq-int4", 1, context, steps, keep=held, eager=eager)
+    name = "qfid awq-int4" + (" eager" if eager else "")
+    return {"engine": name, "decode_ms_median": row["decode_ms_median"], "decode_ms_best": row["decode_ms_best"],
             "weight_bytes_per_token": runtime_weight_bytes(held["llm"].engine.model_runner.model)}
 
 
 def runtime_weight_bytes(model) -> int:
     """Bytes the runtime model reads per batch-1 step: every module's own parameters and
-    buffers, except that an INT4 layer's kernel reads its repacked copy (`_prepared`), not
-    the checkpoint tensors it was made from, and lookup tables (the embedding, the RoPE
-    cos/sin) give one row each; every storage counted once. The LM head is its own packed
-    bf16 copy of the (tied) embedding, so it counts whole."""
+    buffers (a quantized layer's are its kernel's repacked tensors: layers/packed_linear.
+    BoundLinear), except that lookup tables (the embedding, the RoPE cos/sin) give one row
+    each; every storage counted once. The LM head is its own packed bf16 copy of the (tied)
+    embedding, so it counts whole."""
     from torch import nn
 
     from qfid.layers.rotary import Rotary
 
     seen, total = set(), 0
     for module in model.modules():
-        prepared = getattr(module, "_prepared", None)
-        if prepared is not None:
-            tensors = [t for t in prepared.tensors.values() if hasattr(t, "untyped_storage")]
-        else:
-            tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-        for t in tensors:
+        for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
             storage = t.untyped_storage()
             if storage.data_ptr() in seen:
                 continue
@@ -140,10 +138,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--llama-python", default=sys.executable, help="a python with llama_cpp installed")
     ap.add_argument("--json", dest="json_path")
-    ap.add_argument("--worker", choices=["qfid", "llama.cpp"])
+    ap.add_argument("--worker", choices=["qfid", "qfid-eager", "llama.cpp"])
     args = ap.parse_args()
-    if args.worker == "qfid":
-        print(json.dumps(qfid_worker(args.model, args.context, args.steps)))
+    if args.worker in ("qfid", "qfid-eager"):
+        print(json.dumps(qfid_worker(args.model, args.context, args.steps, eager=args.worker == "qfid-eager")))
         return
     gguf = args.gguf or default_gguf()
     if args.worker == "llama.cpp":
@@ -155,9 +153,10 @@ def main() -> None:
     for i in range(args.rounds):
         q = run([sys.executable, __file__, "--worker", "qfid", *common])
         ll = run([args.llama_python, __file__, "--worker", "llama.cpp", *common])
-        rounds.append({"round": i, "qfid": q, "llama.cpp": ll})
-        print(f"round {i}: qfid {q['decode_ms_median']:.2f} ms/token, llama.cpp {ll['decode_ms_median']:.2f} ms/token",
-              flush=True)
+        eager = run([sys.executable, __file__, "--worker", "qfid-eager", *common])
+        rounds.append({"round": i, "qfid": q, "llama.cpp": ll, "qfid eager": eager})
+        print(f"round {i}: qfid {q['decode_ms_median']:.2f} ms/token, llama.cpp {ll['decode_ms_median']:.2f}, "
+              f"qfid eager {eager['decode_ms_median']:.2f}", flush=True)
     report = summarize(rounds, rounds[0]["qfid"]["weight_bytes_per_token"], weight_bytes_gguf(gguf), copy_bandwidth(), args)
     render(report)
     if args.json_path:
@@ -167,7 +166,7 @@ def main() -> None:
 
 def summarize(rounds: list[dict], qfid_bytes: int, gguf_bytes: int, bandwidth: float, args) -> dict:
     engines = {}
-    for key, nbytes in (("qfid", qfid_bytes), ("llama.cpp", gguf_bytes)):
+    for key, nbytes in (("qfid", qfid_bytes), ("llama.cpp", gguf_bytes), ("qfid eager", qfid_bytes)):
         ms = statistics.median(r[key]["decode_ms_median"] for r in rounds)
         limit_tok_s = bandwidth / nbytes
         engines[key] = {"decode_ms_median_of_rounds": ms, "tokens_per_s": 1000 / ms, "bytes_per_token": nbytes,
@@ -177,6 +176,7 @@ def summarize(rounds: list[dict], qfid_bytes: int, gguf_bytes: int, bandwidth: f
                         f"{args.threads} threads",
             "copy_bandwidth_bytes_per_s": bandwidth, "engines": engines,
             "qfid_over_llamacpp_tokens_per_s": engines["qfid"]["tokens_per_s"] / engines["llama.cpp"]["tokens_per_s"],
+            "captured_over_eager_tokens_per_s": engines["qfid"]["tokens_per_s"] / engines["qfid eager"]["tokens_per_s"],
             "rounds": rounds}
 
 
@@ -192,7 +192,8 @@ def render(report: dict) -> None:
                       f"{e['bytes_per_token'] / 1e6:.1f}", f"{e['bandwidth_limit_tokens_per_s']:.0f}",
                       f"{e['fraction_of_limit']:.0%}")
     Console().print(table)
-    print(f"qfid / llama.cpp tokens/s: {report['qfid_over_llamacpp_tokens_per_s']:.2f}x; "
+    print(f"qfid / llama.cpp tokens/s: {report['qfid_over_llamacpp_tokens_per_s']:.2f}x; captured step / eager "
+          f"{report['captured_over_eager_tokens_per_s']:.2f}x; "
           f"copy bandwidth {report['copy_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s")
 
 

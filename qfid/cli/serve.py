@@ -39,7 +39,7 @@ def serve_command(
     kv_cache_gb: float = typer.Option(1.0, "--kv-cache-gb", help="Memory for the paged KV cache on a CPU."),
     gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization", help="Share of GPU memory for the model, its largest step and the KV cache."),
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="Most sequences in one batch."),
-    enforce_eager: bool = typer.Option(False, "--enforce-eager", help="No CUDA graphs for decode steps."),
+    enforce_eager: bool = typer.Option(False, "--enforce-eager", help="No CUDA graphs (GPU) or captured C++ step (CPU) for decode steps."),
     max_num_batched_tokens: int = typer.Option(2048, "--max-batched-tokens", help="Token budget of one step (prefill is chunked to fit)."),
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Context limit (default: the model's)."),
     max_pending: int = typer.Option(1024, "--max-pending", help="Requests in flight before new ones get 429."),

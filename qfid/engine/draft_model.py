@@ -33,7 +33,7 @@ class DraftModelProposer:
     def __init__(self, model_path: str, config, target_model, max_model_len: int):
         device = target_model.device if target_model is not None else "cpu"
         hf_model, _, _ = load_model_and_tokenizer(model_path, config.dtype, device)
-        self.model = build_runtime_model(hf_model, config.attention)
+        self.model = build_runtime_model(hf_model, config.attention, config.enforce_eager)
         del hf_model
         if target_model is not None and self.model.embed_tokens.num_embeddings != target_model.embed_tokens.num_embeddings:
             raise QfidError(f"draft model {model_path} has a vocabulary of {self.model.embed_tokens.num_embeddings} "

@@ -81,12 +81,17 @@ class Int4Gemm:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.gemm(self.tiles, x, self.bias, self.group_size, self.out_features)
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.tiles] + ([] if self.bias is None else [self.bias])
+
 
 def bind_int4(tensors: dict, bias: torch.Tensor | None):
     """`int4_linear` for one prepared weight, calling qfid's op straight where it runs it."""
+    from qfid.kernels.dispatch import BoundKernel
+
     if tensors["kind"] == "qfid":
         return Int4Gemm(tensors, bias)
-    return lambda x: int4_linear(x, tensors, bias)
+    return BoundKernel(int4_linear, tensors, bias)
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,

@@ -16,7 +16,8 @@ Every matmul backend module exposes the same three functions:
 `prepare_int4(qweight, qzeros, scales, group_size) -> dict`,
 `int4_linear(x, prepared_dict, bias)` and
 `fp8_linear(x, weight, weight_scale, bias, input_scale, quantize_activations)`;
-a backend may add `bind_int4(prepared_dict, bias)` returning a faster callable.
+a backend may add `bind_int4(prepared_dict, bias)` returning a faster callable (with a
+`tensors()` method, as `BoundKernel` has).
 
 `bind_int4` / `bind_fp8` make the choice once for one layer and return `x -> y`: the
 runtime model binds its quantized layers at build time (`layers.packed_linear`), since
@@ -121,6 +122,23 @@ def int4_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, sc
     return _module(backend).int4_linear(x, prepacked.tensors, bias)
 
 
+class BoundKernel:
+    """`x -> fn(x, *args)`: one layer's kernel call with its other arguments fixed."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], *args):
+        self.fn, self.args = fn, args
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x, *self.args)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """What the kernel reads (for memory accounting): the tensors among its arguments."""
+        found = []
+        for arg in self.args:
+            found += [v for v in (arg.values() if isinstance(arg, dict) else [arg]) if isinstance(v, torch.Tensor)]
+        return found
+
+
 def bind_int4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
               bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """`x -> x @ W^T + bias` for one AutoAWQ GEMM weight, with the backend of its device
@@ -129,8 +147,7 @@ def bind_int4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
     backend = _module(prepared.backend)
     if hasattr(backend, "bind_int4"):
         return backend.bind_int4(prepared.tensors, bias)
-    tensors = prepared.tensors
-    return lambda x: backend.int4_linear(x, tensors, bias)
+    return BoundKernel(backend.int4_linear, prepared.tensors, bias)
 
 
 def bind_fp8(weight_fp8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None,
@@ -138,7 +155,7 @@ def bind_fp8(weight_fp8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.T
              quantize_activations: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
     """`fp8_linear` for one layer, its backend chosen now."""
     backend = _module(select_backend(weight_fp8.device))
-    return lambda x: backend.fp8_linear(x, weight_fp8, weight_scale, bias, input_scale, quantize_activations)
+    return BoundKernel(backend.fp8_linear, weight_fp8, weight_scale, bias, input_scale, quantize_activations)
 
 
 def fp8_linear(x: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Tensor,

@@ -144,12 +144,13 @@ def _mlp_of(block: nn.Module, names: RuntimeNames, config, cpu_ops: bool) -> nn.
     return DenseMLP(block, names, cpu_ops)
 
 
-def build_runtime_model(hf_model: nn.Module, attention: str | None = None) -> CausalLM:
+def build_runtime_model(hf_model: nn.Module, attention: str | None = None, eager: bool = False) -> CausalLM:
     """Our forward over the modules of a loaded transformers CausalLM (dense or quantized),
     on the device its weights are on. `attention` names an attention backend (else the
-    device's default, or QFID_ATTENTION's)."""
+    device's default, or QFID_ATTENTION's); `eager` keeps decode steps on the Python layers
+    (no captured CPU step; the engine's `enforce_eager`)."""
     architectures = getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__]
     model = CausalLM(hf_model, arch_spec(architectures[0]), attention).eval()
     bind_linears(model)
-    model.captured_decode = CpuDecodeLayers.build(model)
+    model.captured_decode = None if eager else CpuDecodeLayers.build(model)
     return model

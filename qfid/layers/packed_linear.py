@@ -36,13 +36,17 @@ class PackedBf16Linear(nn.Module):
 
 
 class BoundLinear(nn.Module):
-    """A quantized linear as its bound kernel (`x -> y`); holds what the kernel reads."""
+    """A quantized linear as its bound kernel (`x -> y`). What the kernel reads is also
+    registered as (unsaved) buffers, so memory accounting sees it; the binding is made on
+    the model's device and does not follow a later `.to()`."""
 
     def __init__(self, linear: nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.kind = type(linear).__name__
         self.run = linear.bind_kernel()
+        for i, tensor in enumerate(self.run.tensors()):
+            self.register_buffer(f"kernel_tensor_{i}", tensor, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)
