@@ -18,13 +18,18 @@ how far the run is from the machine's limit.
    measured here (the GEMM peak as the best of torch's bf16 matmul and qfid's own packed
    bf16 GEMM on large square shapes; bandwidth as a 512 MB copy, read + write bytes).
 
-    python bench/engine_profile.py [--out bench/results/engine_profile.json]
+4. With `--ab-rounds N`: the same bursty run on the captured decode step (layers/cpu_decode.py)
+   and on the Python layers (`enforce_eager`), two engines in this process, alternated N
+   times: the captured step's gain on this workload as a same-run ratio of wall times.
+
+    python bench/engine_profile.py [--out bench/results/engine_profile.json] [--ab-rounds 3]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -74,6 +79,24 @@ def copy_bandwidth() -> float:
         dst.copy_(src)
         reps += 1
     return 2 * src.numel() * 4 * reps / (time.perf_counter() - start)
+
+
+def read_bandwidth() -> float:
+    """Bytes/s of reading a 512 MB buffer with nothing written back: the best of a few
+    read-only torch reductions over it (which one streams fastest varies by run), best of
+    five each. A batch-1 decode step is such a stream over the weights, and on this VM a
+    read stream reaches ~25-33 GB/s where a copy moves ~40 GB/s of read + write bytes."""
+    buffer = torch.ones(512 << 20, dtype=torch.uint8)
+    reductions = (lambda: buffer.view(torch.int32).amax(), lambda: buffer.view(torch.float32).amax(),
+                  lambda: buffer.view(torch.int64).sum(), lambda: buffer.view(torch.float32).sum())
+    best = float("inf")
+    for reduce in reductions:
+        reduce()
+        for _ in range(5):
+            start = time.perf_counter()
+            reduce()
+            best = min(best, time.perf_counter() - start)
+    return buffer.numel() / best
 
 
 class StepLog:
@@ -190,14 +213,34 @@ def model_dims(llm: LLM) -> dict:
             "block_params": per_block * config.num_hidden_layers, "head_params": config.vocab_size * hidden}
 
 
+def bursty_engine(eager: bool = False) -> LLM:
+    return LLM(ensure_default_model(), dtype="bfloat16", num_threads=2, kv_cache_gb=1.0, enforce_eager=eager,
+               enable_prefix_caching=False)   # as issue 17 measured: every run prefills its prompts
+
+
+def captured_vs_eager(prompts, params, rounds: int) -> dict:
+    """Wall time of the bursty run on each engine, alternated `rounds` times after a warm-up each."""
+    engines = {"captured": bursty_engine(), "eager": bursty_engine(eager=True)}
+    walls = {name: [] for name in engines}
+    for llm in engines.values():
+        llm.generate(prompts, params)
+    for _ in range(rounds):
+        for name, llm in engines.items():
+            start = time.perf_counter()
+            llm.generate(prompts, params)
+            walls[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(w) for name, w in walls.items()}
+    return {"wall_s": walls, "median_wall_s": medians, "eager_over_captured_wall": medians["eager"] / medians["captured"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "engine_profile.json"))
+    ap.add_argument("--ab-rounds", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(2)
     peaks = measured_peaks()
-    llm = LLM(ensure_default_model(), dtype="bfloat16", num_threads=2, kv_cache_gb=1.0,
-              enable_prefix_caching=False)   # as issue 17 measured: every run prefills its prompts
+    llm = bursty_engine()
     workload = make_workload(llm.tokenizer, 64, (32, 256), (16, 128), seed=0)
     prompts = [list(r.prompt_ids) for r in workload]
     params = [SamplingParams(max_tokens=r.output_len, temperature=0.0, ignore_eos=True) for r in workload]
@@ -216,9 +259,12 @@ def main() -> None:
               "limit_s": limit_s, "limit_output_tok_s": output_tokens / limit_s, "fraction_of_limit": limit_s / wall,
               "phases": phase_table(log.steps)}
     record["forward_ops"] = forward_ops(llm, log, prompts, params)
+    if args.ab_rounds:
+        del llm, log
+        record["captured_vs_eager"] = captured_vs_eager(prompts, params, args.ab_rounds)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: record[k] for k in ("peaks", "output_tok_s", "limit_output_tok_s", "fraction_of_limit", "phases",
-                                              "forward_ops")}, indent=2))
+                                              "forward_ops", "captured_vs_eager") if k in record}, indent=2))
 
 
 if __name__ == "__main__":

@@ -100,6 +100,9 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(const at::Tensor& embeddings, c
   const int64_t heads = config[0], kv_heads = config[1], dim = config[2];
   const int64_t tokens = embeddings.size(0), q_width = heads * dim, kv_width = kv_heads * dim;
   const Ops& o = ops();
+  // Converted once for all layers (the attention op converts what is not int64 on every call).
+  const at::Tensor lens = context_lens.to(at::kLong).contiguous();
+  const at::Tensor tables = block_tables.contiguous();
   at::Tensor x = embeddings;
   at::Tensor residual = residual_in.has_value() ? *residual_in : at::Tensor();
   for (int64_t l = 0; l < layers; ++l) {
@@ -122,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(const at::Tensor& embeddings, c
     const at::Tensor& k_cache = kv_caches[2 * l];
     const at::Tensor& v_cache = kv_caches[2 * l + 1];
     o.store_kv.call(k_cache, v_cache, k, v, slot_mapping);
-    const at::Tensor attention = o.decode_attention.call(q, k_cache, v_cache, block_tables, context_lens, scale);
+    const at::Tensor attention = o.decode_attention.call(q, k_cache, v_cache, tables, lens, scale);
     const at::Tensor attended = linear(attention.reshape({tokens, q_width}), w[3], biases.get(b + 1),
                                        c + kConfigPerLinear);
     h = o.add_rms_norm.call(attended, residual, w[1], eps);
