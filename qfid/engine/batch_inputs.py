@@ -1,9 +1,10 @@
 """Turn a ScheduledBatch into the flat tensors one forward pass needs.
 
 Sequences computing a single token (decodes) are laid out first, prefill chunks after, so
-attention can treat each group with one batched call. Everything per token (positions,
-cache slots, masks) is computed with tensor ops from per-sequence numbers; the only Python
-loop is over sequences, to read their token lists and block tables.
+attention can treat each group with one batched call. Token ids, positions and cache slots
+are built as Python lists (ranges per sequence and per KV block, so a prefill chunk costs
+a few list extends) and become tensors once: at a batch-1 decode step, building them with
+tensor ops (about twenty small ops) took 0.3 ms of a 6.5 ms step.
 
 Inputs are built on the host (pinned when the engine runs on a GPU) and copied to the
 engine's device once per step, without blocking (`BatchInputs.to`); the attention backend
@@ -68,24 +69,31 @@ def prepare_inputs(batch: ScheduledBatch, block_size: int, backend: AttentionBac
     num_new = [batch.num_new_tokens[i] for i in order]
     starts = [seq.num_computed_tokens for seq in seqs]
     tokens: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    last_rows: list[int] = []
     for seq, start, n in zip(seqs, starts, num_new):
         tokens.extend(seq.token_ids[start:start + n])
-    lens, start_t = torch.tensor(num_new), torch.tensor(starts)
-    seq_of_row = torch.repeat_interleave(torch.arange(len(seqs)), lens)
-    first_row = torch.cumsum(lens, 0) - lens
-    positions = start_t[seq_of_row] + torch.arange(len(tokens)) - first_row[seq_of_row]
-    tables = _padded(seq.block_table for seq in seqs)
-    slot_mapping = tables[seq_of_row, positions // block_size] * block_size + positions % block_size
-    num_decode = sum(1 for n in num_new if n == 1)
-    meta = AttentionMetadata(slot_mapping=slot_mapping, num_decode_tokens=num_decode)
+        positions.extend(range(start, start + n))
+        slots.extend(_slots(seq.block_table, start, start + n, block_size))
+        last_rows.append(len(tokens) - 1)
+    meta = AttentionMetadata(slot_mapping=torch.tensor(slots), num_decode_tokens=sum(1 for n in num_new if n == 1))
+    num_decode = meta.num_decode_tokens
     if num_decode:
         add = _add_decode_tables if backend.decode_tables else _add_decode
         add(meta, seqs[:num_decode], [start + 1 for start in starts[:num_decode]], block_size)
     if len(seqs) > num_decode:
         add = _add_prefill_tables if backend.prefill_tables else _add_prefill
         add(meta, seqs[num_decode:], starts[num_decode:], num_new[num_decode:], block_size)
-    last_rows = (first_row + lens - 1).tolist()
-    return BatchInputs(torch.tensor(tokens), positions, meta, order, seqs, starts, num_new, last_rows)
+    return BatchInputs(torch.tensor(tokens), torch.tensor(positions), meta, order, seqs, starts, num_new, last_rows)
+
+
+def _slots(block_table: list[int], first: int, end: int, block_size: int):
+    """Cache slots of positions [first, end) (slot = block * block_size + offset): one range
+    per KV block they cover."""
+    for block in range(first // block_size, (end - 1) // block_size + 1):
+        shift = (block_table[block] - block) * block_size   # position p in this block -> slot p + shift
+        yield from range(max(first, block * block_size) + shift, min(end, (block + 1) * block_size) + shift)
 
 
 def _layout_key(batch: ScheduledBatch, index: int) -> tuple[bool, int]:
