@@ -5,6 +5,11 @@ A full block's hash covers its own tokens *and* the hash of the block before it,
 hashes mean equal prefixes, not just equal 16-token windows. A block whose last user
 finished keeps its hash and stays findable until the free list hands it out again; the
 free list is ordered least-recently-freed first, so popular prefixes survive longest.
+A freed block that holds nothing findable (no hash: a partial last block, or any block
+with prefix caching off) goes to the front instead and is handed out next: its memory is
+already mapped and likely in cache, where a never-used block's pages fault on first touch
+(the CPU cache is zeros the OS maps lazily, engine/kv_cache.py: with the old order a run
+walked the whole cache once before reusing a block, a page fault per block and head).
 No torch here: this is bookkeeping over integers, unit-tested without a model.
 """
 from __future__ import annotations
@@ -138,6 +143,8 @@ class BlockManager:
         block.ref_count -= 1
         if block.ref_count == 0:
             self._free[block_id] = None
+            if block.hash is None:   # nothing to keep findable: reuse it first
+                self._free.move_to_end(block_id, last=False)
         elif block.ref_count < 0:
             raise RuntimeError(f"block {block_id} freed more often than allocated")
 
@@ -149,7 +156,7 @@ class BlockManager:
             hashes.append(chain_hash(parent, seq.block_tokens(len(hashes), self.block_size)))
 
     def _take_free_block(self) -> int:
-        """The least recently freed block; it forgets any prefix it cached."""
+        """The front of the free list (see the module docstring); it forgets any prefix it cached."""
         block_id, _ = self._free.popitem(last=False)
         block = self.blocks[block_id]
         if block.hash is not None:

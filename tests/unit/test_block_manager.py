@@ -115,17 +115,37 @@ def test_concurrent_duplicates_keep_private_blocks_and_free_cleanly():
     assert manager.match_prefix(hit) == 4 and hit.block_table == [published]
 
 
-def test_free_list_hands_out_least_recently_freed_first():
+def test_free_list_hands_out_least_recently_freed_cached_blocks_first():
     manager = BlockManager(num_blocks=4, block_size=2)
-    old, new = seq_of(range(4)), seq_of(range(10, 14))
-    manager.allocate(old, 4)
-    manager.allocate(new, 4)
+    old, new = computed(manager, seq_of(range(4))), computed(manager, seq_of(range(10, 14)))
     old_blocks = list(old.block_table)
     manager.free(old)
     manager.free(new)
     taker = seq_of(range(20, 24))
     manager.allocate(taker, 4)
     assert taker.block_table == old_blocks[::-1]  # the old sequence's blocks, tail first
+
+
+def test_blocks_holding_nothing_findable_are_reused_before_fresh_and_cached_ones():
+    """A freed block with no hash is handed out next (its pages are mapped; a fresh block's
+    fault on first touch); cached blocks still wait behind the never-used ones."""
+    for caching in (True, False):
+        manager = BlockManager(num_blocks=8, block_size=2, enable_prefix_caching=caching)
+        cached = computed(manager, seq_of(range(4)))            # two full blocks, hashed when caching
+        partial = seq_of(range(10, 13))
+        manager.allocate(partial, 3)                              # never computed: no hashes
+        cached_blocks, partial_blocks = list(cached.block_table), list(partial.block_table)
+        manager.free(cached)
+        manager.free(partial)
+        taker = seq_of(range(20, 36))
+        manager.allocate(taker, 16)
+        first = taker.block_table[:2]
+        assert sorted(first) == sorted(partial_blocks)
+        rest = taker.block_table[2:]
+        if caching:   # the never-used blocks, then the cached ones, least recently freed first
+            assert rest[-2:] == cached_blocks[::-1] and set(rest[:-2]).isdisjoint(cached_blocks)
+        else:         # nothing is findable: every freed block comes before the never-used ones
+            assert sorted(rest[:2]) == sorted(cached_blocks)
 
 
 def test_double_free_is_detected():
