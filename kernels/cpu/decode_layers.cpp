@@ -13,9 +13,12 @@
 // Arguments, per layer l (L layers):
 //   weights[6l..6l+5]  input norm, post-attention norm, qkv, o, gate_up, down
 //   biases[4l..4l+3]   the four linears' biases (None where absent)
+//   scales[8l..8l+7]   per linear its FP8 weight scale and static input scale (None
+//                      where absent or not FP8)
 //   config             [heads, kv_heads, head_dim] then, per layer and linear, (kind,
-//                      group_size, out_features); kind 0 = INT4 tiles (int4_gemm),
-//                      1 = packed bf16 (bf16_gemm)
+//                      detail, out_features); kind 0 = INT4 tiles (int4_gemm, detail =
+//                      group size), 1 = packed bf16 (bf16_gemm), 2 = FP8 (fp8_gemm after
+//                      fp8_round_activations when detail is 1)
 //   kv_caches[2l..2l+1] the layer's K and V cache
 // x: [T, hidden] this step's input to layer 0 (the embeddings) and residual: None for the
 // first layer (the residual stream starts as x, and is then updated in place by the fused
@@ -38,7 +41,8 @@ constexpr int64_t kWeightsPerLayer = 6;
 constexpr int64_t kBiasesPerLayer = 4;
 constexpr int64_t kConfigPerLinear = 3;
 constexpr int64_t kConfigHead = 3;
-enum LinearKind : int64_t { kInt4 = 0, kBf16 = 1 };
+constexpr int64_t kScalesPerLinear = 2;
+enum LinearKind : int64_t { kInt4 = 0, kBf16 = 1, kFp8 = 2 };
 
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> op(const char* name) {
@@ -52,6 +56,11 @@ struct Ops {
           "qfid_cpu::int4_gemm");
   c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, int64_t)> bf16_gemm =
       op<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, int64_t)>("qfid_cpu::bf16_gemm");
+  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&)>
+      fp8_gemm = op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&)>(
+          "qfid_cpu::fp8_gemm");
+  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const OptTensor&)> fp8_round =
+      op<at::Tensor(const at::Tensor&, const OptTensor&)>("qfid_cpu::fp8_round_activations");
   c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, double)> rms_norm =
       op<at::Tensor(const at::Tensor&, const at::Tensor&, double)>("qfid_cpu::rms_norm");
   c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double)> add_rms_norm =
@@ -75,17 +84,20 @@ const Ops& ops() {
   return instance;
 }
 
-// One linear: config holds its (kind, group_size, out_features).
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias, const int64_t* config) {
-  const int64_t kind = config[0], group_size = config[1], out_features = config[2];
-  if (kind == kInt4) return ops().int4_gemm.call(weight, x, bias, group_size, out_features);
-  TORCH_CHECK(kind == kBf16, "decode_layers: unknown linear kind ", kind);
-  return ops().bf16_gemm.call(weight, x, bias, out_features);
+// One linear: config holds its (kind, detail, out_features), scales its FP8 weight and input scales.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias, const int64_t* config,
+                  const OptTensor& weight_scale, const OptTensor& input_scale) {
+  const int64_t kind = config[0], detail = config[1], out_features = config[2];
+  if (kind == kInt4) return ops().int4_gemm.call(weight, x, bias, detail, out_features);
+  if (kind == kBf16) return ops().bf16_gemm.call(weight, x, bias, out_features);
+  TORCH_CHECK(kind == kFp8 && weight_scale.has_value(), "decode_layers: unknown linear kind ", kind);
+  const at::Tensor rounded = detail ? ops().fp8_round.call(x, input_scale) : x;
+  return ops().fp8_gemm.call(weight, rounded, *weight_scale, bias);
 }
 
 std::tuple<at::Tensor, at::Tensor> decode_layers(const at::Tensor& embeddings, const OptTensor& residual_in,
                                                  at::TensorList weights, const c10::List<OptTensor>& biases,
-                                                 at::IntArrayRef config, at::TensorList kv_caches,
+                                                 const c10::List<OptTensor>& scales, at::IntArrayRef config, at::TensorList kv_caches,
                                                  const at::Tensor& cos, const at::Tensor& sin,
                                                  const at::Tensor& slot_mapping, const at::Tensor& block_tables,
                                                  const at::Tensor& context_lens, double scale, double eps) {
@@ -93,6 +105,7 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(const at::Tensor& embeddings, c
   const int64_t layers = static_cast<int64_t>(weights.size()) / kWeightsPerLayer;
   TORCH_CHECK(layers > 0 && static_cast<int64_t>(weights.size()) == layers * kWeightsPerLayer &&
                   static_cast<int64_t>(biases.size()) == layers * kBiasesPerLayer &&
+                  static_cast<int64_t>(scales.size()) == layers * kBiasesPerLayer * kScalesPerLinear &&
                   static_cast<int64_t>(config.size()) == kConfigHead + layers * kBiasesPerLayer * kConfigPerLinear &&
                   static_cast<int64_t>(kv_caches.size()) == 2 * layers,
               "decode_layers: weights, biases, config and caches must describe the same layers");
@@ -109,6 +122,11 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(const at::Tensor& embeddings, c
     const at::Tensor* w = weights.data() + l * kWeightsPerLayer;
     const int64_t* c = config.data() + kConfigHead + l * kBiasesPerLayer * kConfigPerLinear;
     const int64_t b = l * kBiasesPerLayer;
+    // linear i of this layer: its bias, config and FP8 scales
+    auto run = [&](int64_t i, const at::Tensor& input) {
+      const int64_t sc = (b + i) * kScalesPerLinear;
+      return linear(input, w[2 + i], biases.get(b + i), c + i * kConfigPerLinear, scales.get(sc), scales.get(sc + 1));
+    };
     at::Tensor h;
     if (!residual.defined()) {
       residual = x;
@@ -116,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(const at::Tensor& embeddings, c
     } else {
       h = o.add_rms_norm.call(x, residual, w[0], eps);
     }
-    const at::Tensor qkv = linear(h, w[2], biases.get(b), c);
+    const at::Tensor qkv = run(0, h);
     at::Tensor q = qkv.narrow(1, 0, q_width).view({tokens, heads, dim});
     at::Tensor k = qkv.narrow(1, q_width, kv_width).view({tokens, kv_heads, dim});
     const at::Tensor v = qkv.narrow(1, q_width + kv_width, kv_width).view({tokens, kv_heads, dim});
@@ -126,11 +144,10 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(const at::Tensor& embeddings, c
     const at::Tensor& v_cache = kv_caches[2 * l + 1];
     o.store_kv.call(k_cache, v_cache, k, v, slot_mapping);
     const at::Tensor attention = o.decode_attention.call(q, k_cache, v_cache, tables, lens, scale);
-    const at::Tensor attended = linear(attention.reshape({tokens, q_width}), w[3], biases.get(b + 1),
-                                       c + kConfigPerLinear);
+    const at::Tensor attended = run(1, attention.reshape({tokens, q_width}));
     h = o.add_rms_norm.call(attended, residual, w[1], eps);
-    const at::Tensor gate_up = linear(h, w[4], biases.get(b + 2), c + 2 * kConfigPerLinear);
-    x = linear(o.silu_and_mul.call(gate_up), w[5], biases.get(b + 3), c + 3 * kConfigPerLinear);
+    const at::Tensor gate_up = run(2, h);
+    x = run(3, o.silu_and_mul.call(gate_up));
   }
   return {x, residual};
 }
@@ -139,8 +156,8 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(const at::Tensor& embeddings, c
 }  // namespace qfid_cpu
 
 TORCH_LIBRARY_FRAGMENT(qfid_cpu, m) {
-  m.def("decode_layers(Tensor(a!) x, Tensor(b!)? residual, Tensor[] weights, Tensor?[] biases, int[] config, "
-        "Tensor[] kv_caches, Tensor cos, Tensor sin, Tensor slot_mapping, Tensor block_tables, "
+  m.def("decode_layers(Tensor(a!) x, Tensor(b!)? residual, Tensor[] weights, Tensor?[] biases, Tensor?[] scales, "
+        "int[] config, Tensor[] kv_caches, Tensor cos, Tensor sin, Tensor slot_mapping, Tensor block_tables, "
         "Tensor context_lens, float scale, float eps) -> (Tensor, Tensor)",
         &qfid_cpu::decode_layers);
 }

@@ -100,8 +100,38 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     rounded through E4M3 first when the scheme quantizes them."""
     if not load_cpu_ops():
         return reference.fp8_linear(x, weight, weight_scale, bias, input_scale, quantize_activations)
-    x = reference.rounded_activations(x, input_scale, quantize_activations)
+    if quantize_activations:
+        x = torch.ops.qfid_cpu.fp8_round_activations(x, input_scale)   # = reference.rounded_activations
     return torch.ops.qfid_cpu.fp8_gemm(weight.view(torch.uint8), x, weight_scale, bias)
+
+
+class Fp8Gemm:
+    """One FP8 weight bound to qfid's ops (`bind_fp8`); its fields are what they read,
+    which the captured decode step (layers/cpu_decode.py) passes to C++ itself."""
+
+    def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
+                 input_scale: torch.Tensor | None, quantize_activations: bool):
+        self.weight, self.weight_scale, self.bias = weight.view(torch.uint8), weight_scale, bias
+        self.input_scale, self.quantize_activations = input_scale, quantize_activations
+        self.gemm, self.round = torch.ops.qfid_cpu.fp8_gemm.default, torch.ops.qfid_cpu.fp8_round_activations.default
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantize_activations:
+            x = self.round(x, self.input_scale)
+        return self.gemm(self.weight, x, self.weight_scale, self.bias)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.weight, self.weight_scale, self.bias, self.input_scale) if t is not None]
+
+
+def bind_fp8(weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
+             input_scale: torch.Tensor | None, quantize_activations: bool):
+    """`fp8_linear` for one weight, calling qfid's ops straight where they run."""
+    from qfid.kernels.dispatch import BoundKernel
+
+    if load_cpu_ops():
+        return Fp8Gemm(weight, weight_scale, bias, input_scale, quantize_activations)
+    return BoundKernel(fp8_linear, weight, weight_scale, bias, input_scale, quantize_activations)
 
 
 PAGED_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)

@@ -16,8 +16,9 @@ Every matmul backend module exposes the same three functions:
 `prepare_int4(qweight, qzeros, scales, group_size) -> dict`,
 `int4_linear(x, prepared_dict, bias)` and
 `fp8_linear(x, weight, weight_scale, bias, input_scale, quantize_activations)`;
-a backend may add `bind_int4(prepared_dict, bias)` returning a faster callable (with a
-`tensors()` method, as `BoundKernel` has).
+a backend may add `bind_int4(prepared_dict, bias)` / `bind_fp8(...)` (fp8_linear's
+arguments but x) returning a faster callable (with a `tensors()` method, as `BoundKernel`
+has).
 
 `bind_int4` / `bind_fp8` make the choice once for one layer and return `x -> y`: the
 runtime model binds its quantized layers at build time (`layers.packed_linear`), since
@@ -155,6 +156,8 @@ def bind_fp8(weight_fp8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.T
              quantize_activations: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
     """`fp8_linear` for one layer, its backend chosen now."""
     backend = _module(select_backend(weight_fp8.device))
+    if hasattr(backend, "bind_fp8"):
+        return backend.bind_fp8(weight_fp8, weight_scale, bias, input_scale, quantize_activations)
     return BoundKernel(backend.fp8_linear, weight_fp8, weight_scale, bias, input_scale, quantize_activations)
 
 

@@ -9,8 +9,9 @@ loop calls the same qfid_cpu ops with the same arguments in the same order as
 
 It covers the common fast path only and says so at build time (`CpuDecodeLayers.build`
 returns None otherwise): qfid's CPU attention backend and fused elementwise ops, dense
-SwiGLU MLPs, fused q/k/v and gate/up, and every linear either an INT4 weight on qfid's
-kernel or a packed bf16 one. Steps with prefill rows run the Python layers.
+SwiGLU MLPs, fused q/k/v and gate/up, and every linear an INT4 weight on qfid's kernel, an
+FP8 one (activations rounded through E4M3 by qfid's op where the scheme quantizes them) or
+a packed bf16 one (layers may mix them: a sweep keeps sensitive layers in FP8 or bf16). Steps with prefill rows run the Python layers.
 """
 from __future__ import annotations
 
@@ -20,18 +21,22 @@ from torch import nn
 from qfid.layers.attention import AttentionMetadata
 from qfid.layers.packed_linear import BoundLinear, PackedBf16Linear
 
-INT4, BF16 = 0, 1   # the op's linear kinds
+INT4, BF16, FP8 = 0, 1, 2   # the op's linear kinds
 
 
-def _linear_entry(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, list[int]] | None:
-    """(weight, bias, [kind, group_size, out_features]) for the op, or None if it cannot run it."""
+def _linear_entry(linear: nn.Module) -> tuple | None:
+    """(weight, bias, [weight_scale, input_scale], [kind, detail, out_features]) for the op,
+    or None if it cannot run it."""
     if isinstance(linear, PackedBf16Linear):
-        return linear.packed, linear.bias, [BF16, 0, linear.out_features]
-    from qfid.kernels.cpu import Int4Gemm
+        return linear.packed, linear.bias, [None, None], [BF16, 0, linear.out_features]
+    from qfid.kernels.cpu import Fp8Gemm, Int4Gemm
 
-    if isinstance(linear, BoundLinear) and isinstance(linear.run, Int4Gemm):
-        gemm = linear.run
-        return gemm.tiles, gemm.bias, [INT4, gemm.group_size, gemm.out_features]
+    gemm = linear.run if isinstance(linear, BoundLinear) else None
+    if isinstance(gemm, Int4Gemm):
+        return gemm.tiles, gemm.bias, [None, None], [INT4, gemm.group_size, gemm.out_features]
+    if isinstance(gemm, Fp8Gemm):
+        scales = [gemm.weight_scale, gemm.input_scale]
+        return gemm.weight, gemm.bias, scales, [FP8, int(gemm.quantize_activations), linear.out_features]
     return None
 
 
@@ -53,13 +58,14 @@ class CpuDecodeLayers:
 
     def __init__(self, model: nn.Module, entries: list[list]):
         first = model.layers[0]
-        self.weights, self.biases = [], []
+        self.weights, self.biases, self.scales = [], [], []
         self.config = [first.attention.num_heads, first.attention.num_kv_heads, first.attention.head_dim]
         for layer, linears in zip(model.layers, entries):
             self.weights += [layer.input_norm.weight, layer.post_attention_norm.weight]
-            self.weights += [weight for weight, _, _ in linears]
-            self.biases += [bias for _, bias, _ in linears]
-            self.config += [value for _, _, config in linears for value in config]
+            self.weights += [weight for weight, _, _, _ in linears]
+            self.biases += [bias for _, bias, _, _ in linears]
+            self.scales += [scale for _, _, scales, _ in linears for scale in scales]
+            self.config += [value for _, _, _, config in linears for value in config]
         self.scale = first.attention.scale
         self.eps = first.input_norm.eps
         self.op = torch.ops.qfid_cpu.decode_layers.default
@@ -83,7 +89,7 @@ class CpuDecodeLayers:
     def __call__(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
                  kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(last layer's output, residual) for the final norm, as the Python layers return them."""
-        return self.op(x, None, self.weights, self.biases, self.config, self._flat(kv_caches), *rope,
+        return self.op(x, None, self.weights, self.biases, self.scales, self.config, self._flat(kv_caches), *rope,
                        meta.slot_mapping, meta.decode_tables, meta.decode_lens, self.scale, self.eps)
 
     def _flat(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:

@@ -1,8 +1,10 @@
 """The CPU's captured decode step (`qfid_cpu::decode_layers`, layers/cpu_decode.py) against
 the Python layers it replaces on decode-only steps: bit for bit the same hidden states, so
-the same tokens and the same logprob floats, on bf16 models with packed bf16 linears and
-with INT4 (RTN) linears, with and without biases, for concurrent requests of mixed lengths
-(so decode steps hold several sequences with different contexts and block tables)."""
+the same tokens and the same logprob floats, on bf16 models with packed bf16 linears, with
+INT4 (RTN) linears and with FP8 ones (dynamic and static activations), with and without
+biases, for concurrent requests of mixed lengths (so decode steps hold several sequences
+with different contexts and block tables). And qfid's fused E4M3 activation rounding
+against the torch chain it replaces, bit for bit."""
 from __future__ import annotations
 
 import pytest
@@ -45,11 +47,13 @@ def biased_llama_dir(tmp_path_factory):
     return path
 
 
-def rtn_checkpoint(source, out):
+def checkpoint(source, out, scheme: str = "rtn-int4", **options):
     from qfid.quant.pipeline import QuantConfig, quantize_model
 
+    if scheme == "rtn-int4":
+        options.setdefault("group_size", 32)
     if not out.exists():
-        quantize_model(str(source), QuantConfig(scheme="rtn-int4", group_size=32, calib_samples=2, calib_seq_len=64), out)
+        quantize_model(str(source), QuantConfig(scheme=scheme, calib_samples=2, calib_seq_len=64, **options), out)
     return out
 
 
@@ -86,16 +90,20 @@ def assert_identical(first, second):
         assert a.logprobs == b.logprobs   # every float equal: the same logits bit for bit
 
 
-@pytest.mark.parametrize("quantized", [False, True], ids=["bf16", "int4"])
-def test_captured_step_equals_python_layers(tiny_llama_dir, tmp_path_factory, quantized):
-    model_dir = rtn_checkpoint(tiny_llama_dir, tmp_path_factory.mktemp("rtn") / "q") if quantized else tiny_llama_dir
+@pytest.mark.parametrize("scheme, options", [(None, {}), ("rtn-int4", {}), ("fp8", {"fp8_activations": "dynamic"}),
+                                             ("fp8", {"fp8_activations": "static"})],
+                         ids=["bf16", "int4", "fp8-dynamic", "fp8-static"])
+def test_captured_step_equals_python_layers(tiny_llama_dir, tmp_path_factory, scheme, options):
+    model_dir = tiny_llama_dir
+    if scheme:
+        model_dir = checkpoint(tiny_llama_dir, tmp_path_factory.mktemp(scheme) / "q", scheme, **options)
     captured, eager, calls = generate_both_ways(model_dir)
     assert calls >= 19   # every decode-only step ran captured
     assert_identical(captured, eager)
 
 
 def test_captured_step_with_biases(biased_llama_dir, tmp_path_factory):
-    for model_dir in (biased_llama_dir, rtn_checkpoint(biased_llama_dir, tmp_path_factory.mktemp("rtn-b") / "q")):
+    for model_dir in (biased_llama_dir, checkpoint(biased_llama_dir, tmp_path_factory.mktemp("rtn-b") / "q")):
         captured, eager, calls = generate_both_ways(model_dir)
         assert calls >= 19
         assert_identical(captured, eager)
@@ -114,3 +122,20 @@ def test_covers_only_decode_steps():
     decode = AttentionMetadata(torch.zeros(2, dtype=torch.long), 2, decode_tables=tables, decode_lens=lens)
     mixed = AttentionMetadata(torch.zeros(5, dtype=torch.long), 2, decode_tables=tables, decode_lens=lens)
     assert CpuDecodeLayers.covers(decode, 2) and not CpuDecodeLayers.covers(mixed, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fp8_activation_rounding_equals_the_torch_chain(dtype):
+    from qfid.layouts.primitives import fp8_fake_quantize_activation
+
+    generator = torch.Generator().manual_seed(0)
+    for shape in [(1, 576), (7, 1536), (3, 5, 64)]:
+        # magnitudes from 1e-8 to 1e3 across a row: subnormal E4M3 codes, clamping, zeros
+        x = (torch.randn(shape, generator=generator) * torch.logspace(-8, 3, shape[-1])).to(dtype)
+        rows = x.view(-1, shape[-1])
+        rows[0, :5] = 0
+        rows[-1] = 0   # an all-zero row: the dynamic scale's 1e-12 floor
+        for scale in (None, torch.tensor([0.37]), torch.tensor(1e-3)):
+            got = torch.ops.qfid_cpu.fp8_round_activations(x, scale)
+            expected = fp8_fake_quantize_activation(x, scale)
+            assert got.dtype == expected.dtype and torch.equal(got, expected)
