@@ -13,8 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
+
+# bench/kernels.py would shadow the `kernels` package transformers imports: this folder goes
+# last (its helper _worker is still found), as in bench/quantize.py
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
 # Activation dtype per scheme: bf16 for every quantized scheme (as `qfid bench` runs them),
 # so rows differ only in the weight format.
