@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]   # bench/kernels.py shadows `kernels`
+# bench/kernels.py would shadow the `kernels` package transformers imports: this folder goes last
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
 import torch  # noqa: E402
 

@@ -97,7 +97,8 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const OptTensor
 
 std::tuple<at::Tensor, at::Tensor> decode_layers(const at::Tensor& embeddings, const OptTensor& residual_in,
                                                  at::TensorList weights, const c10::List<OptTensor>& biases,
-                                                 const c10::List<OptTensor>& scales, at::IntArrayRef config, at::TensorList kv_caches,
+                                                 const c10::List<OptTensor>& scales, at::IntArrayRef config,
+                                                 at::TensorList kv_caches,
                                                  const at::Tensor& cos, const at::Tensor& sin,
                                                  const at::Tensor& slot_mapping, const at::Tensor& block_tables,
                                                  const at::Tensor& context_lens, double scale, double eps) {

@@ -11,7 +11,8 @@ It covers the common fast path only and says so at build time (`CpuDecodeLayers.
 returns None otherwise): qfid's CPU attention backend and fused elementwise ops, dense
 SwiGLU MLPs, fused q/k/v and gate/up, and every linear an INT4 weight on qfid's kernel, an
 FP8 one (activations rounded through E4M3 by qfid's op where the scheme quantizes them) or
-a packed bf16 one (layers may mix them: a sweep keeps sensitive layers in FP8 or bf16). Steps with prefill rows run the Python layers.
+a packed bf16 one (layers may mix them: a sweep keeps sensitive layers in FP8 or bf16).
+Steps with prefill rows run the Python layers.
 """
 from __future__ import annotations
 

@@ -5,13 +5,13 @@ Quantized layers (`Int4Linear`, `Fp8Linear`: anything with `bind_kernel()`) beco
 repacked, so a decode step pays no per-call selection (at batch 1 on the default model that
 selection was ~15 us of Python per matmul, a fifth of the step).
 
-Dense bf16 layers are reordered once for qfid's CPU kernel. Why: on a CPU without AMX, torch's bf16 `linear` (oneDNN) reorders the plain [N, K] weight
-on every call, so a decode step with a few rows reads the weights at a fraction of memory
-speed (bench/kernels.py: 3-4x slower than the packed kernel at one row, ~1.4x at 16-64
-rows, equal at prefill sizes). `PackedBf16Linear` keeps only the packed copy, so it costs
-no extra memory except for a head tied to the embedding. Applied by `pack_dense_linears`
-where the CPU kernels run (not under QFID_KERNEL=reference, which keeps torch's path as
-the comparison).
+Dense bf16 layers are reordered once for qfid's CPU kernel. Why: on a CPU without AMX,
+torch's bf16 `linear` (oneDNN) reorders the plain [N, K] weight on every call, so a decode
+step with a few rows reads the weights at a fraction of memory speed (bench/kernels.py:
+3-4x slower than the packed kernel at one row, ~1.4x at 16-64 rows, equal at prefill sizes).
+`PackedBf16Linear` keeps only the packed copy, so it costs no extra memory except for a head
+tied to the embedding. Applied by `pack_dense_linears` where the CPU kernels run (not under
+QFID_KERNEL=reference, which keeps torch's path as the comparison).
 """
 from __future__ import annotations
 
