@@ -111,6 +111,8 @@ def test_captured_step_with_biases(biased_llama_dir, tmp_path_factory):
 
 def test_not_built_where_it_does_not_apply(tiny_mixtral_dir, tiny_llama_dir, monkeypatch):
     assert LLM(str(tiny_mixtral_dir), dtype="bfloat16").engine.model_runner.model.captured_decode is None   # MoE
+    eager = LLM(str(tiny_llama_dir), dtype="bfloat16", enforce_eager=True)   # asked for the Python layers
+    assert eager.engine.model_runner.model.captured_decode is None
     monkeypatch.setenv("QFID_KERNEL", "reference")   # the torch path everywhere: nothing to capture
     assert LLM(str(tiny_llama_dir), dtype="bfloat16").engine.model_runner.model.captured_decode is None
 
