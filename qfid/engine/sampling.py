@@ -90,7 +90,8 @@ def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch
     temperature = torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
     sorted_logits, order = (logits / temperature).sort(dim=-1, descending=True)
     vocab = logits.shape[-1]
-    top_k = torch.tensor([p.top_k or vocab for p in params], device=device).unsqueeze(1)
+    # a top_k past the vocabulary keeps every token (and may not fit an int64: 2**63 from a client)
+    top_k = torch.tensor([min(p.top_k, vocab) if p.top_k else vocab for p in params], device=device).unsqueeze(1)
     rank = torch.arange(vocab, device=device).unsqueeze(0)
     sorted_logits = sorted_logits.masked_fill(rank >= top_k, float("-inf"))
     top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)

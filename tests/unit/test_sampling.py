@@ -64,6 +64,16 @@ def test_top_k_renormalises_over_the_k_most_likely():
     assert torch.allclose(frequencies(tokens), torch.tensor([0.625, 0.375, 0, 0]), atol=0.015)
 
 
+def test_top_k_past_the_vocabulary_keeps_every_token():
+    """Even past int64 (a fuzzed request sent 2**63 and got a 500)."""
+    logits = LOGITS.repeat(3, 1)
+    for top_k in (4, 5, 2**63):
+        torch.manual_seed(3)
+        capped = sample(logits, seqs(3, temperature=1.0, top_k=top_k))
+        torch.manual_seed(3)
+        assert capped == sample(logits, seqs(3, temperature=1.0))
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
     torch.manual_seed(2)
     tokens = sample(LOGITS.repeat(20_000, 1), seqs(20_000, top_p=0.7))  # 0.5 < 0.7 <= 0.8: tokens 0, 1
