@@ -38,7 +38,7 @@ namespace {
 using OptTensor = std::optional<at::Tensor>;
 
 constexpr int64_t kWeightsPerLayer = 6;
-constexpr int64_t kBiasesPerLayer = 4;
+constexpr int64_t kLinearsPerLayer = 4;   // qkv, o, gate_up, down: a bias each
 constexpr int64_t kConfigPerLinear = 3;
 constexpr int64_t kConfigHead = 3;
 constexpr int64_t kScalesPerLinear = 2;
@@ -105,9 +105,9 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(const at::Tensor& embeddings, c
   c10::InferenceMode guard;
   const int64_t layers = static_cast<int64_t>(weights.size()) / kWeightsPerLayer;
   TORCH_CHECK(layers > 0 && static_cast<int64_t>(weights.size()) == layers * kWeightsPerLayer &&
-                  static_cast<int64_t>(biases.size()) == layers * kBiasesPerLayer &&
-                  static_cast<int64_t>(scales.size()) == layers * kBiasesPerLayer * kScalesPerLinear &&
-                  static_cast<int64_t>(config.size()) == kConfigHead + layers * kBiasesPerLayer * kConfigPerLinear &&
+                  static_cast<int64_t>(biases.size()) == layers * kLinearsPerLayer &&
+                  static_cast<int64_t>(scales.size()) == layers * kLinearsPerLayer * kScalesPerLinear &&
+                  static_cast<int64_t>(config.size()) == kConfigHead + layers * kLinearsPerLayer * kConfigPerLinear &&
                   static_cast<int64_t>(kv_caches.size()) == 2 * layers,
               "decode_layers: weights, biases, config and caches must describe the same layers");
   TORCH_CHECK(embeddings.dim() == 2, "decode_layers: x must be [tokens, hidden]");
@@ -121,8 +121,8 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(const at::Tensor& embeddings, c
   at::Tensor residual = residual_in.has_value() ? *residual_in : at::Tensor();
   for (int64_t l = 0; l < layers; ++l) {
     const at::Tensor* w = weights.data() + l * kWeightsPerLayer;
-    const int64_t* c = config.data() + kConfigHead + l * kBiasesPerLayer * kConfigPerLinear;
-    const int64_t b = l * kBiasesPerLayer;
+    const int64_t* c = config.data() + kConfigHead + l * kLinearsPerLayer * kConfigPerLinear;
+    const int64_t b = l * kLinearsPerLayer;
     // linear i of this layer: its bias, config and FP8 scales
     auto run = [&](int64_t i, const at::Tensor& input) {
       const int64_t sc = (b + i) * kScalesPerLinear;

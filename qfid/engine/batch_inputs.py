@@ -77,8 +77,8 @@ def prepare_inputs(batch: ScheduledBatch, block_size: int, backend: AttentionBac
         positions.extend(range(start, start + n))
         slots.extend(_slots(seq.block_table, start, start + n, block_size))
         last_rows.append(len(tokens) - 1)
-    meta = AttentionMetadata(slot_mapping=torch.tensor(slots), num_decode_tokens=sum(1 for n in num_new if n == 1))
-    num_decode = meta.num_decode_tokens
+    num_decode = sum(1 for n in num_new if n == 1)
+    meta = AttentionMetadata(slot_mapping=torch.tensor(slots), num_decode_tokens=num_decode)
     if num_decode:
         add = _add_decode_tables if backend.decode_tables else _add_decode
         add(meta, seqs[:num_decode], [start + 1 for start in starts[:num_decode]], block_size)

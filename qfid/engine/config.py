@@ -21,8 +21,9 @@ class EngineConfig:
     the device's memory less what the model and its largest step use (`kv_cache_gb` is the
     CPU's budget). `attention` forces an attention backend (torch | cpu | triton; else the
     device's default or QFID_ATTENTION). `enforce_eager` turns off CUDA graphs for decode
-    steps (vLLM's flag) and, on a CPU, the captured decode step (layers/cpu_decode.py). `speculative="ngram"` turns on speculative decoding by prompt
-    lookup, `speculative="draft:PATH"` with a draft model sharing the tokenizer, with up to
+    steps (vLLM's flag) and, on a CPU, the captured decode step (layers/cpu_decode.py).
+    `speculative="ngram"` turns on speculative decoding by prompt lookup,
+    `speculative="draft:PATH"` with a draft model sharing the tokenizer, with up to
     `num_speculative_tokens` drafts per step while at most `speculative_max_batch` sequences
     run (engine/speculative.py). Its default, 8, is measured (bench/speculative.py, the
     default model in bf16 on 2 CPU cores, prompt lookup on a copy-the-passage workload):

@@ -34,7 +34,8 @@ class LLM:
         hf_model, tokenizer, self.model_dir = load_model_and_tokenizer(model_path_or_name, config.dtype, device)
         self.tokenizer = tokenizer
         eos_ids = eos_token_ids(hf_model, tokenizer)
-        self.engine = LLMEngine(build_runtime_model(hf_model, config.attention, config.enforce_eager), tokenizer, config, eos_ids)
+        runtime = build_runtime_model(hf_model, config.attention, config.enforce_eager)
+        self.engine = LLMEngine(runtime, tokenizer, config, eos_ids)
         del hf_model
         release_freed_memory()
 

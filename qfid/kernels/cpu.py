@@ -100,9 +100,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     rounded through E4M3 first when the scheme quantizes them."""
     if not load_cpu_ops():
         return reference.fp8_linear(x, weight, weight_scale, bias, input_scale, quantize_activations)
-    if quantize_activations:
-        x = torch.ops.qfid_cpu.fp8_round_activations(x, input_scale)   # = reference.rounded_activations
-    return torch.ops.qfid_cpu.fp8_gemm(weight.view(torch.uint8), x, weight_scale, bias)
+    return Fp8Gemm(weight, weight_scale, bias, input_scale, quantize_activations)(x)
 
 
 class Fp8Gemm:
@@ -116,7 +114,7 @@ class Fp8Gemm:
         self.gemm, self.round = torch.ops.qfid_cpu.fp8_gemm.default, torch.ops.qfid_cpu.fp8_round_activations.default
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quantize_activations:
+        if self.quantize_activations:   # = reference.rounded_activations, bit for bit
             x = self.round(x, self.input_scale)
         return self.gemm(self.weight, x, self.weight_scale, self.bias)
 
