@@ -17,6 +17,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "elementwise.h"
 #include "vec16.h"
 
 namespace qfid_cpu {
@@ -70,17 +71,11 @@ void rotate_head(T* x, const T* cos, const T* sin, int64_t half) {
   }
 }
 
-void check_rows(const at::Tensor& x, const at::Tensor& weight, const char* op) {
-  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.size(1) % 16 == 0,
-              op, ": x must be [rows, D] with unit inner stride and D a multiple of 16");
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(1) && weight.is_contiguous() &&
-              weight.scalar_type() == x.scalar_type(), op, ": weight must be [D] in x's dtype");
-}
+}  // namespace
 
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  c10::InferenceMode guard;
-  check_rows(x, weight, "rms_norm");
-  at::Tensor y = at::empty(x.sizes(), x.options());
+// The ops' arithmetic on checked arguments, into outputs the caller allocated: the ops
+// above and the captured decode step (decode_layers.cpp) both run it.
+void rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y, double eps) {
   const int64_t D = x.size(1), stride = x.stride(0);
   for_dtype(x.scalar_type(), "rms_norm", [&](auto tag) {
     using T = decltype(tag);
@@ -91,15 +86,10 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
       for (int64_t r = r0; r < r1; ++r) norm_row(xp + r * stride, wp, yp + r * D, D, float(eps));
     });
   });
-  return y;
 }
 
-at::Tensor add_rms_norm_(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight, double eps) {
-  c10::InferenceMode guard;
-  check_rows(x, weight, "add_rms_norm_");
-  TORCH_CHECK(residual.sizes() == x.sizes() && residual.is_contiguous() && residual.scalar_type() == x.scalar_type(),
-              "add_rms_norm_: residual must be a contiguous tensor shaped and typed like x");
-  at::Tensor y = at::empty(x.sizes(), x.options());
+void add_rms_norm_rows(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                       const at::Tensor& y, double eps) {
   const int64_t D = x.size(1), stride = x.stride(0);
   for_dtype(x.scalar_type(), "add_rms_norm_", [&](auto tag) {
     using T = decltype(tag);
@@ -111,15 +101,10 @@ at::Tensor add_rms_norm_(const at::Tensor& x, const at::Tensor& residual, const 
       for (int64_t r = r0; r < r1; ++r) add_norm_row(xp + r * stride, rp + r * D, wp, yp + r * D, D, float(eps));
     });
   });
-  return y;
 }
 
-at::Tensor silu_and_mul(const at::Tensor& gate_up) {
-  c10::InferenceMode guard;
-  TORCH_CHECK(gate_up.dim() == 2 && gate_up.stride(1) == 1 && gate_up.size(1) % 32 == 0,
-              "silu_and_mul: gate_up must be [rows, 2I] with unit inner stride and I a multiple of 16");
+void silu_and_mul_rows(const at::Tensor& gate_up, const at::Tensor& y) {
   const int64_t I = gate_up.size(1) / 2, stride = gate_up.stride(0);
-  at::Tensor y = at::empty({gate_up.size(0), I}, gate_up.options());
   for_dtype(gate_up.scalar_type(), "silu_and_mul", [&](auto tag) {
     using T = decltype(tag);
     const T* gp = gate_up.data_ptr<T>();
@@ -128,20 +113,10 @@ at::Tensor silu_and_mul(const at::Tensor& gate_up) {
       for (int64_t r = r0; r < r1; ++r) silu_mul_row(gp + r * stride, gp + r * stride + I, yp + r * I, I);
     });
   });
-  return y;
 }
 
-// x [T, H, D] (inner two dims dense, any row stride: q and k are views of the fused qkv
-// output), cos/sin [T, D/2] contiguous in x's dtype.
-at::Tensor rotary_(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  c10::InferenceMode guard;
-  TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1 && x.stride(1) == x.size(2) && x.size(2) % 32 == 0,
-              "rotary_: x must be [tokens, heads, D] with dense heads and D a multiple of 32");
-  const int64_t tokens = x.size(0), heads = x.size(1), D = x.size(2), half = D / 2;
-  TORCH_CHECK(cos.sizes() == sin.sizes() && cos.dim() == 2 && cos.size(0) == tokens && cos.size(1) == half &&
-              cos.is_contiguous() && sin.is_contiguous() && cos.scalar_type() == x.scalar_type() &&
-              sin.scalar_type() == x.scalar_type(), "rotary_: cos and sin must be [tokens, D/2] in x's dtype");
-  const int64_t stride = x.stride(0);
+void rotary_rows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t tokens = x.size(0), heads = x.size(1), D = x.size(2), half = D / 2, stride = x.stride(0);
   for_dtype(x.scalar_type(), "rotary_", [&](auto tag) {
     using T = decltype(tag);
     T* xp = x.data_ptr<T>();
@@ -152,6 +127,55 @@ at::Tensor rotary_(const at::Tensor& x, const at::Tensor& cos, const at::Tensor&
         for (int64_t h = 0; h < heads; ++h) rotate_head(xp + t * stride + h * D, cp + t * half, sp + t * half, half);
     });
   });
+}
+
+namespace {
+
+void check_rows(const at::Tensor& x, const at::Tensor& weight, const char* op) {
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.size(1) % 16 == 0,
+              op, ": x must be [rows, D] with unit inner stride and D a multiple of 16");
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(1) && weight.is_contiguous() &&
+              weight.scalar_type() == x.scalar_type(), op, ": weight must be [D] in x's dtype");
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  c10::InferenceMode guard;
+  check_rows(x, weight, "rms_norm");
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  rms_norm_rows(x, weight, y, eps);
+  return y;
+}
+
+at::Tensor add_rms_norm_(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight, double eps) {
+  c10::InferenceMode guard;
+  check_rows(x, weight, "add_rms_norm_");
+  TORCH_CHECK(residual.sizes() == x.sizes() && residual.is_contiguous() && residual.scalar_type() == x.scalar_type(),
+              "add_rms_norm_: residual must be a contiguous tensor shaped and typed like x");
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  add_rms_norm_rows(x, residual, weight, y, eps);
+  return y;
+}
+
+at::Tensor silu_and_mul(const at::Tensor& gate_up) {
+  c10::InferenceMode guard;
+  TORCH_CHECK(gate_up.dim() == 2 && gate_up.stride(1) == 1 && gate_up.size(1) % 32 == 0,
+              "silu_and_mul: gate_up must be [rows, 2I] with unit inner stride and I a multiple of 16");
+  at::Tensor y = at::empty({gate_up.size(0), gate_up.size(1) / 2}, gate_up.options());
+  silu_and_mul_rows(gate_up, y);
+  return y;
+}
+
+// x [T, H, D] (inner two dims dense, any row stride: q and k are views of the fused qkv
+// output), cos/sin [T, D/2] contiguous in x's dtype.
+at::Tensor rotary_(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  c10::InferenceMode guard;
+  TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1 && x.stride(1) == x.size(2) && x.size(2) % 32 == 0,
+              "rotary_: x must be [tokens, heads, D] with dense heads and D a multiple of 32");
+  const int64_t tokens = x.size(0), half = x.size(2) / 2;
+  TORCH_CHECK(cos.sizes() == sin.sizes() && cos.dim() == 2 && cos.size(0) == tokens && cos.size(1) == half &&
+              cos.is_contiguous() && sin.is_contiguous() && cos.scalar_type() == x.scalar_type() &&
+              sin.scalar_type() == x.scalar_type(), "rotary_: cos and sin must be [tokens, D/2] in x's dtype");
+  rotary_rows(x, cos, sin);
   return x;
 }
 

@@ -25,9 +25,11 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "activations.h"
 #include "bf16_tile.h"
+#include "int4_gemm.h"
 
 namespace qfid_cpu {
 namespace {
@@ -212,12 +214,12 @@ inline float bf16_to_float(uint16_t bits) {
 
 // Sum of each group of inputs, of exactly the bf16 values the dot products see. A plain
 // loop: at batch 1 the ATen equivalent (convert, view, sum) cost more than the sums.
-at::Tensor group_sums(const Bf16Split& x, int64_t G) {
+std::vector<float> group_sums(const Bf16Split& x, int64_t G) {
   const int64_t M = x.hi.size(0), K = x.hi.size(1);
-  at::Tensor sums = at::empty({M, K / G}, x.hi.options().dtype(at::kFloat));
+  std::vector<float> sums(static_cast<size_t>(M * (K / G)));
   const uint16_t* hi = (const uint16_t*)x.hi.data_ptr();
   const uint16_t* lo = x.lo.has_value() ? (const uint16_t*)x.lo->data_ptr() : nullptr;
-  float* out = sums.data_ptr<float>();
+  float* out = sums.data();
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < K / G; ++g) {
       float total = 0.f;
@@ -228,20 +230,18 @@ at::Tensor group_sums(const Bf16Split& x, int64_t G) {
   return sums;
 }
 
-// y[..., N] = x[..., K] @ W^T + bias, W given as packed tiles; y in x's dtype.
-at::Tensor int4_gemm(const at::Tensor& packed, const at::Tensor& x, const std::optional<at::Tensor>& bias,
-                     int64_t group_size, int64_t out_features) {
-  const at::Tensor rows = as_rows(x);
+}  // namespace
+
+void int4_gemm_rows(const at::Tensor& packed, const at::Tensor& rows, const at::Tensor& bias_f, int64_t group_size,
+                    int64_t out_features, const at::Tensor& y) {
   check_packed(packed, rows.size(1), group_size, out_features);
   const Bf16Split split = split_bf16(rows);
   const int64_t M = rows.size(0), T = packed.size(0);
   const bool dense_tiles = !split.lo.has_value() && M > kMaxRowsDirect;
-  const at::Tensor sumx = dense_tiles ? at::Tensor() : group_sums(split, group_size);
-  const at::Tensor bias_f = float_bias(bias, out_features);
-  at::Tensor y = new_output(rows, out_features);
+  const std::vector<float> sumx = dense_tiles ? std::vector<float>() : group_sums(split, group_size);
   const Int4Acts a{(const uint16_t*)split.hi.data_ptr(),
                    split.lo.has_value() ? (const uint16_t*)split.lo->data_ptr() : nullptr,
-                   dense_tiles ? nullptr : sumx.data_ptr<float>(), rows.size(1), group_size, packed.size(1)};
+                   dense_tiles ? nullptr : sumx.data(), rows.size(1), group_size, packed.size(1)};
   const uint8_t* base = packed.data_ptr<uint8_t>();
   const int64_t tile_bytes = packed.size(1) * packed.size(2);
   const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
@@ -255,7 +255,7 @@ at::Tensor int4_gemm(const at::Tensor& packed, const at::Tensor& x, const std::o
         store_tile_rows(acc.get(), 0, M, t * kTileRows, out_features, bp, y.scalar_type(), y.data_ptr());
       }
     });
-    return with_leading_dims(y, x);
+    return;
   }
   at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
     std::unique_ptr<__m512i[]> buf(M > kMaxRowsDirect ? new __m512i[2 * group_size] : nullptr);
@@ -268,6 +268,17 @@ at::Tensor int4_gemm(const at::Tensor& packed, const at::Tensor& x, const std::o
       store_tile_rows(acc.get(), 0, M, t * kTileRows, out_features, bp, y.scalar_type(), y.data_ptr());
     }
   });
+}
+
+namespace {
+
+// y[..., N] = x[..., K] @ W^T + bias, W given as packed tiles; y in x's dtype.
+at::Tensor int4_gemm(const at::Tensor& packed, const at::Tensor& x, const std::optional<at::Tensor>& bias,
+                     int64_t group_size, int64_t out_features) {
+  const at::Tensor rows = as_rows(x);
+  const at::Tensor bias_f = float_bias(bias, out_features);
+  at::Tensor y = new_output(rows, out_features);
+  int4_gemm_rows(packed, rows, bias_f, group_size, out_features, y);
   return with_leading_dims(y, x);
 }
 

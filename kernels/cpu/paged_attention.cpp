@@ -13,6 +13,10 @@
 //           horizontal reductions cost 20-25% more per call at 1-64 sequences);
 //   softmax per query head in fp32 (a vectorised exp, see exp16 in vec16.h);
 //   pass 2: out_g = sum_t p[g][t] * v_t (values read once), accumulated in fp32.
+// A step with fewer (sequence, KV head) pairs than twice the threads (batch 1: the default
+// model has 3 KV heads, so 2 threads ran 2 against 1) splits each pair's keys into ranges
+// and merges the ranges' partial softmaxes (ranges_per_pair, merge_partials): one
+// sequence x 256 keys from DRAM went from 31.7 to 26.2 us.
 //
 // Layout (the engine's): caches [kv_heads, num_blocks, block_size, head_dim], contiguous;
 // q and out [seqs, heads, head_dim]; block_tables [seqs, max_blocks] int32 or int64;
@@ -33,6 +37,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "paged_attention.h"
 #include "vec16.h"
 
 namespace qfid_cpu {
@@ -95,14 +100,15 @@ inline __m512 sum_lanes16(const __m512* a) {
 // queries go straight into `vdpbf16ps` (products exact in fp32, as after converting);
 // other dtypes are converted to fp32 and FMA'd with the pre-scaled query.
 template <typename T, typename Index, int VECS, int HG>
-void head_scores(const T* q, const T* k_head, const Index* table, int64_t len, const Shape& s, float scale,
-                 float* scores) {
+void head_scores(const T* q, const T* k_head, const Index* table, int64_t t0, int64_t len, const Shape& s,
+                 float scale, float* scores) {
+  const int64_t n = len - t0;   // keys t0 .. len - 1; scores[h * n + t - t0]
   constexpr bool kDot = std::is_same<T, at::BFloat16>::value && VECS % 2 == 0;
   if constexpr (kDot) {
     __m512bh qb[HG][VECS / 2];
     for (int h = 0; h < HG; ++h)
       for (int v = 0; v < VECS / 2; ++v) qb[h][v] = (__m512bh)_mm512_loadu_si512(q + h * s.dim + v * 32);
-    int64_t t = 0;
+    int64_t t = t0;
     for (; t + 16 <= len; t += 16) {   // 16 keys per head at a time, their sums in one tree
       const T* keys[16];
       for (int j = 0; j < 16; ++j) keys[j] = token_row(k_head, table, t + j, s);
@@ -114,7 +120,7 @@ void head_scores(const T* q, const T* k_head, const Index* table, int64_t len, c
           for (int v = 0; v < VECS / 2; ++v)
             acc[j] = _mm512_dpbf16_ps(acc[j], (__m512bh)_mm512_loadu_si512(keys[j] + v * 32), qb[h][v]);
         }
-        _mm512_storeu_ps(scores + h * len + t, _mm512_mul_ps(sum_lanes16(acc), _mm512_set1_ps(scale)));
+        _mm512_storeu_ps(scores + h * n + t - t0, _mm512_mul_ps(sum_lanes16(acc), _mm512_set1_ps(scale)));
       }
     }
     for (; t < len; ++t) {
@@ -125,13 +131,13 @@ void head_scores(const T* q, const T* k_head, const Index* table, int64_t len, c
         const __m512bh k = (__m512bh)_mm512_loadu_si512(key + v * 32);
         for (int h = 0; h < HG; ++h) acc[h] = _mm512_dpbf16_ps(acc[h], k, qb[h][v]);
       }
-      for (int h = 0; h < HG; ++h) scores[h * len + t] = _mm512_reduce_add_ps(acc[h]) * scale;
+      for (int h = 0; h < HG; ++h) scores[h * n + t - t0] = _mm512_reduce_add_ps(acc[h]) * scale;
     }
   } else {
     __m512 qv[HG][VECS];
     for (int h = 0; h < HG; ++h)
       for (int v = 0; v < VECS; ++v) qv[h][v] = _mm512_mul_ps(load16(q + h * s.dim + v * 16), _mm512_set1_ps(scale));
-    for (int64_t t = 0; t < len; ++t) {
+    for (int64_t t = t0; t < len; ++t) {
       const T* key = token_row(k_head, table, t, s);
       __m512 acc[HG];
       for (int h = 0; h < HG; ++h) acc[h] = _mm512_setzero_ps();
@@ -139,48 +145,61 @@ void head_scores(const T* q, const T* k_head, const Index* table, int64_t len, c
         const __m512 k = load16(key + v * 16);
         for (int h = 0; h < HG; ++h) acc[h] = _mm512_fmadd_ps(qv[h][v], k, acc[h]);
       }
-      for (int h = 0; h < HG; ++h) scores[h * len + t] = _mm512_reduce_add_ps(acc[h]);
+      for (int h = 0; h < HG; ++h) scores[h * n + t - t0] = _mm512_reduce_add_ps(acc[h]);
     }
   }
 }
 
-// HG consecutive query heads (from `first`) of one (sequence, KV head) pair: scores,
-// softmax per head in fp32, then out_h = sum_t p[h][t] v_t with each value converted once.
+// HG consecutive query heads (from `first`) of one (sequence, KV head) pair over keys
+// [t0, len): scores, softmax per head in fp32, then out_h = sum_t p[h][t] v_t with each
+// value converted once. With `partial` (a range of a split pair, see run) the head's
+// peak score, its sum of e^(score - peak) and the unnormalised sum go there instead,
+// 2 + dim floats per head, for merge_partials.
 template <typename T, typename Index, int VECS, int HG>
-void attend_heads(const T* q, const T* k_head, const T* v_head, const Index* table, int64_t len, T* out,
-                  const Shape& s, int64_t first, float scale, std::vector<float>& scores) {
-  scores.resize(static_cast<size_t>(HG * len));
+void attend_heads(const T* q, const T* k_head, const T* v_head, const Index* table, int64_t t0, int64_t len, T* out,
+                  const Shape& s, int64_t first, float scale, std::vector<float>& scores, float* partial) {
+  const int64_t n = len - t0;
+  scores.resize(static_cast<size_t>(HG * n));
   float* rows = scores.data();
-  head_scores<T, Index, VECS, HG>(q + first * s.dim, k_head, table, len, s, scale, rows);
-  float inv_sum[HG];
+  head_scores<T, Index, VECS, HG>(q + first * s.dim, k_head, table, t0, len, s, scale, rows);
+  float peak[HG], sum[HG];
   for (int h = 0; h < HG; ++h) {
-    float* row = rows + h * len;
-    inv_sum[h] = 1.f / exp_and_sum(row, len, *std::max_element(row, row + len));
+    float* row = rows + h * n;
+    peak[h] = *std::max_element(row, row + n);
+    sum[h] = exp_and_sum(row, n, peak[h]);
   }
   __m512 acc[HG][VECS];
   for (int h = 0; h < HG; ++h)
     for (int v = 0; v < VECS; ++v) acc[h][v] = _mm512_setzero_ps();
-  for (int64_t t = 0; t < len; ++t) {
+  for (int64_t t = t0; t < len; ++t) {
     const T* value = token_row(v_head, table, t, s);
     if (t + 16 < len) prefetch_row(token_row(v_head, table, t + 16, s), s.dim);
     __m512 p[HG];
-    for (int h = 0; h < HG; ++h) p[h] = _mm512_set1_ps(rows[h * len + t]);
+    for (int h = 0; h < HG; ++h) p[h] = _mm512_set1_ps(rows[h * n + t - t0]);
     for (int v = 0; v < VECS; ++v) {
       const __m512 x = load16(value + v * 16);
       for (int h = 0; h < HG; ++h) acc[h][v] = _mm512_fmadd_ps(p[h], x, acc[h][v]);
     }
   }
-  for (int h = 0; h < HG; ++h)
-    for (int v = 0; v < VECS; ++v)
-      store16(out + (first + h) * s.dim + v * 16, _mm512_mul_ps(acc[h][v], _mm512_set1_ps(inv_sum[h])));
+  for (int h = 0; h < HG; ++h) {
+    if (partial) {
+      float* part = partial + h * (2 + s.dim);
+      part[0] = peak[h], part[1] = sum[h];
+      for (int v = 0; v < VECS; ++v) _mm512_storeu_ps(part + 2 + v * 16, acc[h][v]);
+    } else {
+      const float inv_sum = 1.f / sum[h];
+      for (int v = 0; v < VECS; ++v)
+        store16(out + (first + h) * s.dim + v * 16, _mm512_mul_ps(acc[h][v], _mm512_set1_ps(inv_sum)));
+    }
+  }
 }
 
 // One (sequence, KV head) pair: its query heads in sub-groups of up to kMaxHeads (as many
 // as keep every accumulator in registers for this head_dim), so K and V come from DRAM
 // once per sub-group and are converted once per sub-group rather than once per head.
 template <typename T, typename Index, int VECS>
-void attend_one(const T* q, const T* k_cache, const T* v_cache, const Index* table, int64_t len,
-                T* out, const Shape& s, int64_t kv_head, float scale, std::vector<float>& scores) {
+void attend_one(const T* q, const T* k_cache, const T* v_cache, const Index* table, int64_t t0, int64_t len,
+                T* out, const Shape& s, int64_t kv_head, float scale, std::vector<float>& scores, float* partial) {
   constexpr int kMaxHeads = VECS <= 4 ? 4 : VECS <= 8 ? 2 : 1;
   const int64_t group = s.heads / s.kv_heads;
   const int64_t head_stride = s.num_blocks * s.block_size * s.dim;
@@ -188,61 +207,105 @@ void attend_one(const T* q, const T* k_cache, const T* v_cache, const Index* tab
   const T* v_head = v_cache + kv_head * head_stride;
   for (int64_t first = kv_head * group; first < (kv_head + 1) * group;) {
     const int64_t n = std::min<int64_t>(kMaxHeads, (kv_head + 1) * group - first);
+    float* part = partial ? partial + (first - kv_head * group) * (2 + s.dim) : nullptr;
     if (n >= 4) {
-      if constexpr (kMaxHeads >= 4) attend_heads<T, Index, VECS, 4>(q, k_head, v_head, table, len, out, s, first, scale, scores);
+      if constexpr (kMaxHeads >= 4)
+        attend_heads<T, Index, VECS, 4>(q, k_head, v_head, table, t0, len, out, s, first, scale, scores, part);
     } else if (n == 3) {
-      if constexpr (kMaxHeads >= 3) attend_heads<T, Index, VECS, 3>(q, k_head, v_head, table, len, out, s, first, scale, scores);
+      if constexpr (kMaxHeads >= 3)
+        attend_heads<T, Index, VECS, 3>(q, k_head, v_head, table, t0, len, out, s, first, scale, scores, part);
     } else if (n == 2) {
-      if constexpr (kMaxHeads >= 2) attend_heads<T, Index, VECS, 2>(q, k_head, v_head, table, len, out, s, first, scale, scores);
+      if constexpr (kMaxHeads >= 2)
+        attend_heads<T, Index, VECS, 2>(q, k_head, v_head, table, t0, len, out, s, first, scale, scores, part);
     } else {
-      attend_heads<T, Index, VECS, 1>(q, k_head, v_head, table, len, out, s, first, scale, scores);
+      attend_heads<T, Index, VECS, 1>(q, k_head, v_head, table, t0, len, out, s, first, scale, scores, part);
     }
     first += n;
   }
 }
 
+// out for one (sequence, KV head) pair from its `parts` ranges' partials: with M the
+// largest peak, out_h = sum_p e^(peak_p - M) acc_p / sum_p e^(peak_p - M) sum_p.
+template <typename T>
+void merge_partials(const float* partials, int64_t parts, int64_t group, int64_t dim, int64_t first_head, T* out) {
+  const int64_t item = group * (2 + dim);
+  for (int64_t g = 0; g < group; ++g) {
+    float top = -INFINITY;
+    for (int64_t p = 0; p < parts; ++p) top = std::max(top, partials[p * item + g * (2 + dim)]);
+    float total = 0.f;
+    std::vector<float> acc(static_cast<size_t>(dim), 0.f);
+    for (int64_t p = 0; p < parts; ++p) {
+      const float* part = partials + p * item + g * (2 + dim);
+      const float w = std::exp(part[0] - top);
+      total += w * part[1];
+      for (int64_t d = 0; d < dim; ++d) acc[d] += w * part[2 + d];
+    }
+    const __m512 inv_total = _mm512_set1_ps(1.f / total);
+    for (int64_t d = 0; d < dim; d += 16)
+      store16(out + (first_head + g) * dim + d, _mm512_mul_ps(_mm512_loadu_ps(acc.data() + d), inv_total));
+  }
+}
+
+// Ranges of one pair's keys per work item: with fewer (sequence, KV head) pairs than
+// twice the threads (a batch-1 step of a model with 3 KV heads on 2 threads: 2 against 1),
+// each pair's keys are split into ranges that fill the threads evenly, each at least
+// kMinRangeKeys long, and the ranges are merged after (as flash-decoding does on GPUs).
+constexpr int64_t kMinRangeKeys = 32;
+
+int64_t ranges_per_pair(const Shape& s, const int64_t* lens) {
+  const int64_t pairs = s.seqs * s.kv_heads, threads = at::get_num_threads();
+  if (pairs >= 2 * threads) return 1;
+  int64_t shortest = lens[0];
+  for (int64_t i = 1; i < s.seqs; ++i) shortest = std::min(shortest, lens[i]);
+  const int64_t wanted = (2 * threads + pairs - 1) / pairs;
+  return std::max<int64_t>(1, std::min(wanted, shortest / kMinRangeKeys));
+}
+
 template <typename T, typename Index, int VECS>
 void run(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& tables,
-         const at::Tensor& lens, at::Tensor& out, const Shape& s, float scale) {
+         const at::Tensor& lens, const at::Tensor& out, const Shape& s, float scale) {
   const T* qp = q.data_ptr<T>();
   const T* kp = k_cache.data_ptr<T>();
   const T* vp = v_cache.data_ptr<T>();
   const Index* tp = tables.data_ptr<Index>();
   const int64_t* lp = lens.data_ptr<int64_t>();
   T* op = out.data_ptr<T>();
-  at::parallel_for(0, s.seqs * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
+  const int64_t pairs = s.seqs * s.kv_heads, group = s.heads / s.kv_heads;
+  const int64_t parts = ranges_per_pair(s, lp), item_floats = group * (2 + s.dim);
+  std::vector<float> partials(parts > 1 ? static_cast<size_t>(pairs * parts * item_floats) : 0);
+  at::parallel_for(0, pairs * parts, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t seq = i / s.kv_heads, kv_head = i % s.kv_heads;
-      attend_one<T, Index, VECS>(qp + seq * s.heads * s.dim, kp, vp, tp + seq * s.max_blocks, lp[seq],
-                                 op + seq * s.heads * s.dim, s, kv_head, scale, scores);
+      const int64_t pair = i / parts, part = i % parts;
+      const int64_t seq = pair / s.kv_heads, kv_head = pair % s.kv_heads, len = lp[seq];
+      const int64_t t0 = part * len / parts, t1 = (part + 1) * len / parts;
+      attend_one<T, Index, VECS>(qp + seq * s.heads * s.dim, kp, vp, tp + seq * s.max_blocks, t0, t1,
+                                 op + seq * s.heads * s.dim, s, kv_head, scale, scores,
+                                 parts > 1 ? partials.data() + i * item_floats : nullptr);
     }
   });
+  if (parts == 1) return;
+  for (int64_t pair = 0; pair < pairs; ++pair) {
+    const int64_t seq = pair / s.kv_heads, kv_head = pair % s.kv_heads;
+    merge_partials(partials.data() + pair * parts * item_floats, parts, group, s.dim, kv_head * group,
+                   op + seq * s.heads * s.dim);
+  }
 }
 
-at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                  const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
-  c10::InferenceMode guard;
-  TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(),
-              "paged_decode_attention: q [seqs, heads, dim], caches [kv_heads, blocks, block_size, dim]");
-  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
-              "paged_decode_attention: q and caches must share a dtype");
-  const Shape s{q.size(0), q.size(1), k_cache.size(0), k_cache.size(1), k_cache.size(2), q.size(2),
-                block_tables.size(1)};
-  TORCH_CHECK(k_cache.size(3) == s.dim && s.dim % 16 == 0, "paged_decode_attention: head_dim must match");
-  TORCH_CHECK(s.heads % s.kv_heads == 0, "paged_decode_attention: heads must be a multiple of KV heads");
-  TORCH_CHECK(block_tables.dim() == 2 && block_tables.size(0) == s.seqs && context_lens.numel() == s.seqs,
-              "paged_decode_attention: one block table row and one length per sequence");
-  at::Tensor qc = q.contiguous(), kc = k_cache.contiguous(), vc = v_cache.contiguous();
-  at::Tensor tables = block_tables.contiguous();
-  at::Tensor lens = context_lens.to(at::kLong).contiguous();
+}  // namespace
+
+void check_context_lens(const at::Tensor& lens, int64_t max_tokens) {
   // A plain loop: two ATen reductions and their .item() cost more than a decode step's
   // attention at batch 1 (~3 us of a ~9 us call).
   const int64_t* lens_p = lens.data_ptr<int64_t>();
   for (int64_t i = 0; i < lens.numel(); ++i)
-    TORCH_CHECK(lens_p[i] >= 1 && lens_p[i] <= s.max_blocks * s.block_size,
+    TORCH_CHECK(lens_p[i] >= 1 && lens_p[i] <= max_tokens,
                 "paged_decode_attention: context lengths must be in [1, max_blocks * block_size]");
-  at::Tensor out = at::empty_like(qc);
+}
+
+void decode_attention_rows(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                           const at::Tensor& tables, const at::Tensor& lens, const at::Tensor& out, double scale) {
+  const Shape s{q.size(0), q.size(1), k_cache.size(0), k_cache.size(1), k_cache.size(2), q.size(2), tables.size(1)};
   const float sc = static_cast<float>(scale);
   auto dispatch_index = [&](auto tag) {
     using T = decltype(tag);
@@ -251,8 +314,8 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
     const bool i32 = tables.scalar_type() == at::kInt;
     auto go = [&](auto vecs) {
       constexpr int V = decltype(vecs)::value;
-      if (i32) run<T, int32_t, V>(qc, kc, vc, tables, lens, out, s, sc);
-      else run<T, int64_t, V>(qc, kc, vc, tables, lens, out, s, sc);
+      if (i32) run<T, int32_t, V>(q, k_cache, v_cache, tables, lens, out, s, sc);
+      else run<T, int64_t, V>(q, k_cache, v_cache, tables, lens, out, s, sc);
     };
     switch (s.dim / 16) {
       case 1: go(std::integral_constant<int, 1>{}); break;
@@ -266,6 +329,54 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
     }
   };
   for_dtype(q.scalar_type(), "paged_decode_attention", dispatch_index);
+}
+
+void check_slots(const at::Tensor& slot, int64_t slots) {
+  const int64_t* sp = slot.data_ptr<int64_t>();
+  for (int64_t t = 0; t < slot.numel(); ++t)
+    TORCH_CHECK(sp[t] >= 0 && sp[t] < slots, "store_kv_: slot ", sp[t], " is outside the cache");
+}
+
+void store_kv_rows(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
+                   const at::Tensor& slot) {
+  const int64_t heads = k_cache.size(0), slots = k_cache.size(1) * k_cache.size(2), D = k_cache.size(3);
+  const int64_t* sp = slot.data_ptr<int64_t>();
+  const int64_t bytes = D * k.element_size();
+  auto* kc = static_cast<char*>(k_cache.data_ptr());
+  auto* vc = static_cast<char*>(v_cache.data_ptr());
+  const auto* kp = static_cast<const char*>(k.data_ptr());
+  const auto* vp = static_cast<const char*>(v.data_ptr());
+  const int64_t k_row = k.stride(0) * k.element_size(), v_row = v.stride(0) * v.element_size();
+  at::parallel_for(0, slot.numel(), 256, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t dst = (h * slots + sp[t]) * bytes;
+        std::memcpy(kc + dst, kp + t * k_row + h * bytes, bytes);
+        std::memcpy(vc + dst, vp + t * v_row + h * bytes, bytes);
+      }
+  });
+}
+
+namespace {
+
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                  const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
+  c10::InferenceMode guard;
+  TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(),
+              "paged_decode_attention: q [seqs, heads, dim], caches [kv_heads, blocks, block_size, dim]");
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
+              "paged_decode_attention: q and caches must share a dtype");
+  const int64_t heads = q.size(1), kv_heads = k_cache.size(0), dim = q.size(2);
+  TORCH_CHECK(k_cache.size(3) == dim && dim % 16 == 0, "paged_decode_attention: head_dim must match");
+  TORCH_CHECK(heads % kv_heads == 0, "paged_decode_attention: heads must be a multiple of KV heads");
+  TORCH_CHECK(block_tables.dim() == 2 && block_tables.size(0) == q.size(0) && context_lens.numel() == q.size(0),
+              "paged_decode_attention: one block table row and one length per sequence");
+  at::Tensor qc = q.contiguous(), kc = k_cache.contiguous(), vc = v_cache.contiguous();
+  at::Tensor tables = block_tables.contiguous();
+  at::Tensor lens = context_lens.to(at::kLong).contiguous();
+  check_context_lens(lens, block_tables.size(1) * k_cache.size(2));
+  at::Tensor out = at::empty_like(qc);
+  decode_attention_rows(qc, kc, vc, tables, lens, out, scale);
   return out;
 }
 
@@ -286,23 +397,8 @@ void store_kv_(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::T
               "store_kv_: k, v and caches must share a dtype");
   const at::Tensor slot = slot_mapping.to(at::kLong).contiguous();
   TORCH_CHECK(slot.numel() == k.size(0), "store_kv_: one slot per token");
-  const int64_t* sp = slot.data_ptr<int64_t>();
-  for (int64_t t = 0; t < slot.numel(); ++t)
-    TORCH_CHECK(sp[t] >= 0 && sp[t] < slots, "store_kv_: slot ", sp[t], " is outside the cache");
-  const int64_t bytes = D * k.element_size();
-  auto* kc = static_cast<char*>(k_cache.data_ptr());
-  auto* vc = static_cast<char*>(v_cache.data_ptr());
-  const auto* kp = static_cast<const char*>(k.data_ptr());
-  const auto* vp = static_cast<const char*>(v.data_ptr());
-  const int64_t k_row = k.stride(0) * k.element_size(), v_row = v.stride(0) * v.element_size();
-  at::parallel_for(0, slot.numel(), 256, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t)
-      for (int64_t h = 0; h < heads; ++h) {
-        const int64_t dst = (h * slots + sp[t]) * bytes;
-        std::memcpy(kc + dst, kp + t * k_row + h * bytes, bytes);
-        std::memcpy(vc + dst, vp + t * v_row + h * bytes, bytes);
-      }
-  });
+  check_slots(slot, slots);
+  store_kv_rows(k_cache, v_cache, k, v, slot);
 }
 
 }  // namespace

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 _SOURCES = ("int4_gemm.cpp", "fp8_gemm.cpp", "bf16_gemm.cpp", "paged_attention.cpp", "prefill_attention.cpp",
             "elementwise.cpp", "int4_fake_quant.cpp", "fp8_activations.cpp", "decode_layers.cpp")
-_HEADERS = ("bf16_dot.h", "bf16_tile.h", "activations.h", "vec16.h")
+_HEADERS = ("bf16_dot.h", "bf16_tile.h", "activations.h", "vec16.h", "elementwise.h", "paged_attention.h",
+            "int4_gemm.h")
 _REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512vbmi", "f16c", "fma")
 # -ffp-contract=off: the fused elementwise ops reproduce torch's separate multiply and add
 # roundings; a contracted FMA would round once. The GEMMs use explicit FMA intrinsics.

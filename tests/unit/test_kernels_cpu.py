@@ -252,6 +252,29 @@ def test_paged_decode_attention_rejects_a_length_past_its_table():
 
 
 @needs_kernels
+@pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (4, 1, 32), (6, 2, 128)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lens", [[64], [100], [250, 33], [31]])
+@pytest.mark.parametrize("peaked", [False, True])
+def test_paged_decode_attention_splits_the_keys_of_few_pairs(heads, kv_heads, dim, dtype, lens, peaked):
+    """Fewer (sequence, KV head) pairs than twice the threads (1-3 here, so at any thread
+    count for one KV head): each pair's keys are split into ranges of >= 32 keys (uneven at
+    100 and 250) whose partial softmaxes are merged; 31 keys stay one range. Peaked scores
+    put each range's maximum far from the others'."""
+    g = torch.Generator().manual_seed(len(lens) * heads + dim + lens[0])
+    blocks, block_size = 40, 16
+    width = -(-max(lens) // block_size)
+    tables = torch.stack([torch.randperm(blocks, generator=g)[:width] for _ in lens]).int()
+    q = ((40 if peaked else 1) * torch.randn(len(lens), heads, dim, generator=g)).to(dtype)
+    k_cache = torch.randn(kv_heads, blocks, block_size, dim, generator=g).to(dtype)
+    v_cache = torch.randn(kv_heads, blocks, block_size, dim, generator=g).to(dtype)
+    lens = torch.tensor(lens)
+    out = cpu.paged_decode_attention(q, k_cache, v_cache, tables, lens, dim ** -0.5)
+    ref = cases.paged_attention_reference(q, k_cache, v_cache, tables, lens, dim ** -0.5)
+    assert cases.rel_err(out, ref) < cases.TOL[dtype]
+
+
+@needs_kernels
 def test_paged_decode_attention_with_peaked_scores():
     """Scores spanning hundreds of nats: the vectorised exp underflows to 0 where expf does."""
     g = torch.Generator().manual_seed(7)
