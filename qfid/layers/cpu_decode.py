@@ -3,9 +3,10 @@ C++ call (`qfid_cpu::decode_layers`, kernels/cpu/decode_layers.cpp).
 
 Why: at batch 1 the Python between the kernels (module calls, op dispatch: about ten op
 calls and seven module calls per layer) cost as much as the kernels themselves. The C++
-loop calls the same qfid_cpu ops with the same arguments in the same order as
-`DecoderLayer.forward`, so its hidden states are bit for bit the eager ones
-(tests/tiny/test_cpu_decode.py); it is to a CPU what a CUDA graph replay is to a GPU.
+loop runs the qfid_cpu ops' own arithmetic (the functions each op calls after its checks)
+on the same arguments in the same order as `DecoderLayer.forward`, so its hidden states are
+bit for bit the eager ones (tests/tiny/test_cpu_decode.py); it is to a CPU what a CUDA
+graph replay is to a GPU.
 
 It covers the common fast path only and says so at build time (`CpuDecodeLayers.build`
 returns None otherwise): qfid's CPU attention backend and fused elementwise ops, dense
