@@ -250,6 +250,9 @@ void merge_partials(const float* partials, int64_t parts, int64_t group, int64_t
 // twice the threads (a batch-1 step of a model with 3 KV heads on 2 threads: 2 against 1),
 // each pair's keys are split into ranges that fill the threads evenly, each at least
 // kMinRangeKeys long, and the ranges are merged after (as flash-decoding does on GPUs).
+// The split depends on the thread count, so such a step's output can differ in its last
+// bits between thread counts (as torch's own reductions do); one process always gives the
+// same result.
 constexpr int64_t kMinRangeKeys = 32;
 
 int64_t ranges_per_pair(const Shape& s, const int64_t* lens) {
