@@ -26,6 +26,7 @@ from qfid.engine.kv_cache import allocate_kv_cache
 from qfid.engine.sampling import generator_of, logprob_entries, sample, sampling_probs
 from qfid.engine.scheduler import ScheduledBatch
 from qfid.engine.speculative import rejection_sample, verify_greedy
+from qfid.kernels import dispatch
 
 PROMPT_LOGITS_ROWS = 256
 
@@ -117,7 +118,7 @@ class ModelRunner:
             first += drafts + 1
         if drafting:
             greedy = any(inputs.seqs[i].params.greedy for i, _, _ in drafting)
-            argmax = logits.argmax(dim=-1).tolist() if greedy else None
+            argmax = dispatch.argmax(logits).tolist() if greedy else None
             for i, start, rows in drafting:
                 self._verify(output, inputs, i, logits[start:start + rows], argmax and argmax[start:start + rows])
         if plain:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from qfid.errors import QfidError
+from qfid.kernels import dispatch
 
 MAX_LOGPROBS = 20
 
@@ -74,13 +75,13 @@ def _check(ok: bool, message: str) -> None:
 def sample(logits: torch.Tensor, seqs: list) -> list[int]:
     """One token per row of `logits` [B, V] for the sequences `seqs` (same order)."""
     params = [seq.params for seq in seqs]
-    tokens = logits.argmax(dim=-1)
+    tokens = dispatch.argmax(logits)
     sampled_rows = [i for i, p in enumerate(params) if not p.greedy]
     if sampled_rows:
         rows = torch.tensor(sampled_rows, device=logits.device)
         probs = _filtered_probs(logits[rows].float(), [params[i] for i in sampled_rows])
         noise = _exponential_noise(probs, [seqs[i] for i in sampled_rows])
-        tokens[rows] = (probs / noise).argmax(dim=-1)
+        tokens[rows] = dispatch.argmax(probs / noise)
     return tokens.tolist()
 
 

@@ -26,7 +26,7 @@ from qfid.paths import bundled_dir, cache_dir
 log = logging.getLogger(__name__)
 
 _SOURCES = ("int4_gemm.cpp", "fp8_gemm.cpp", "bf16_gemm.cpp", "paged_attention.cpp", "prefill_attention.cpp",
-            "elementwise.cpp", "int4_fake_quant.cpp", "fp8_activations.cpp", "decode_layers.cpp")
+            "elementwise.cpp", "int4_fake_quant.cpp", "fp8_activations.cpp", "decode_layers.cpp", "argmax.cpp")
 _HEADERS = ("bf16_dot.h", "bf16_tile.h", "activations.h", "vec16.h", "elementwise.h", "paged_attention.h",
             "int4_gemm.h")
 _REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512vbmi", "f16c", "fma")

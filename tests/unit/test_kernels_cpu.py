@@ -417,3 +417,21 @@ def test_int4_fake_quantize_dispatch_falls_back_to_the_reference(monkeypatch):
     out = torch.empty_like(w, dtype=torch.bfloat16)
     assert torch.equal(dispatch.int4_fake_quantize(w, 64, clip, col_scale, out),
                        reference.int4_fake_quantize(w, 64, clip, col_scale, torch.empty_like(out)))
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows,vocab", [(1, 49152), (3, 17), (5, 1000), (64, 49152), (2, 5)])
+def test_argmax_rows_matches_torch(rows, vocab):
+    """The greedy pick: random rows, rows whose maximum repeats (the first index wins, also
+    across vector lanes and in the tail), rows of -inf, and rows with NaN (torch returns the
+    first NaN)."""
+    g = torch.Generator().manual_seed(rows * vocab)
+    x = torch.randn(rows, vocab, generator=g)
+    cases_ = [x, x.round(), torch.full((rows, vocab), float("-inf")), torch.zeros(rows, vocab)]
+    tied = x.clone()
+    tied[:, vocab // 2:] = tied.max() + 1   # the maximum from the middle on: first index wins
+    with_nan = x.clone()
+    with_nan[0, vocab - 1] = float("nan")
+    with_nan[-1, vocab // 3] = float("nan")
+    for logits in cases_ + [tied, with_nan]:
+        assert torch.equal(torch.ops.qfid_cpu.argmax_rows(logits), logits.argmax(dim=-1))
