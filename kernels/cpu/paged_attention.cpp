@@ -229,11 +229,12 @@ void attend_one(const T* q, const T* k_cache, const T* v_cache, const Index* tab
 template <typename T>
 void merge_partials(const float* partials, int64_t parts, int64_t group, int64_t dim, int64_t first_head, T* out) {
   const int64_t item = group * (2 + dim);
+  std::vector<float> acc(static_cast<size_t>(dim));
   for (int64_t g = 0; g < group; ++g) {
     float top = -INFINITY;
     for (int64_t p = 0; p < parts; ++p) top = std::max(top, partials[p * item + g * (2 + dim)]);
     float total = 0.f;
-    std::vector<float> acc(static_cast<size_t>(dim), 0.f);
+    std::fill(acc.begin(), acc.end(), 0.f);
     for (int64_t p = 0; p < parts; ++p) {
       const float* part = partials + p * item + g * (2 + dim);
       const float w = std::exp(part[0] - top);
