@@ -36,13 +36,6 @@ namespace {
 
 constexpr int64_t kChunkBytes = 128;
 constexpr int kMaxRowsDirect = 4;  // batch rows that keep their accumulators in registers
-// How far ahead of the chunk in use the few-rows loop prefetches its weights. The loop
-// spends a dozen instructions per 128 bytes, and at that pace the hardware prefetchers
-// alone left the stream at 24-33 GB/s where a plain read got 87 (the default model's 120
-// INT4 layers called in decode order, batch 1). 8-32 KB ahead all gave 42-47 GB/s; 16 KB
-// was as good as any. On slow-memory hours (~25 GB/s for a plain read) it changed nothing.
-// Past a thread's last tile it warms the next thread's lines; prefetches never fault.
-constexpr int64_t kPrefetchBytes = 16384;
 
 struct Int4Acts {
   const uint16_t* xh;  // [M, K] bf16 bits
@@ -119,9 +112,7 @@ void tile_direct(const uint8_t* tile, const Int4Acts& a, float* y, int64_t ldy) 
     __m512 acc[MB][S][4];
     zero(&acc[0][0][0], MB * S * 4);
     for (int64_t c = 0; c < a.G / 4; ++c) {
-      const char* ahead = reinterpret_cast<const char*>(gp + c * kChunkBytes) + kPrefetchBytes;
-      _mm_prefetch(ahead, _MM_HINT_T0);
-      _mm_prefetch(ahead + 64, _MM_HINT_T0);
+      prefetch_ahead(gp + c * kChunkBytes);
       __m512i w[8];
       unpack_chunk(gp + c * kChunkBytes, w);
       accumulate<MB, S, kLo>(w, a, 0, g * a.G + 4 * c, acc);
