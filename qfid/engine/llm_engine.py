@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from qfid.engine.block_manager import BlockManager
 from qfid.engine.config import EngineConfig
-from qfid.engine.detokenizer import Detokenizer, stop_string_cut
+from qfid.engine.detokenizer import Detokenizer, OutputText, stop_string_cut
 from qfid.engine.kv_cache import num_kv_blocks
 from qfid.engine.model_runner import ModelRunner, StepOutput
 from qfid.engine.outputs import RequestOutput
@@ -25,6 +25,7 @@ class Request:
     """Engine-side state of a request that the scheduler's Sequence does not carry."""
 
     seq: Sequence
+    output_text: OutputText      # its output's text, decoded as it grows
     text_end: int | None = None  # where a stop string cut the text
 
 
@@ -51,7 +52,7 @@ class LLMEngine:
             raise QfidError(f"prompt token ids must be in [0, {self.vocab_size}); a bad id would fail the whole batch")
         seq = Sequence(token_ids, params or SamplingParams())
         self.scheduler.add(seq)
-        self.requests[seq.seq_id] = Request(seq)
+        self.requests[seq.seq_id] = Request(seq, self.detokenizer.output_text())
         return seq.seq_id
 
     def abort(self, request_id: int) -> None:
@@ -74,12 +75,14 @@ class LLMEngine:
 
     def _output(self, seq: Sequence) -> RequestOutput:
         request = self.requests[seq.seq_id]
-        text = self.detokenizer.text(seq.output_token_ids)
+        text = request.output_text.update(seq.output_token_ids)
         if seq.params.stop and request.text_end is None:
             request.text_end = stop_string_cut(text, seq.params.stop)
             if request.text_end is not None:
                 self.scheduler.finish(seq, "stop")
                 seq.finish_reason = "stop"  # also when the same token hit max_tokens
+        if seq.is_finished:   # the final text: the whole output decoded once, exactly decode(ids)
+            text = self.detokenizer.text(seq.output_token_ids)
         if request.text_end is not None:
             text = text[:request.text_end]
         if seq.is_finished:
