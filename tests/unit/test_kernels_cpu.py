@@ -141,7 +141,7 @@ def test_bf16_kernel_keeps_leading_dims_and_rejects_other_dtypes():
 
 
 @needs_kernels
-@pytest.mark.parametrize("m", [1, 3, 6, 12, 17])   # streamed up to 8 rows (16 for bf16), tiles beyond
+@pytest.mark.parametrize("m", [1, 3, 6, 12, 17])   # streamed up to 8 rows, tiles / dequantize + GEMM beyond
 @pytest.mark.parametrize("n,k", [(72, 100), (130, 192)])
 @pytest.mark.parametrize("per_channel", [True, False])
 @pytest.mark.parametrize("dtype", cases.DTYPES)
@@ -156,7 +156,7 @@ def test_fp8_kernel_matches_float64(m, n, k, per_channel, dtype):
 
 @needs_kernels
 @pytest.mark.parametrize("rows", [1, 8])
-@pytest.mark.parametrize("batch", [8, 16, 256])   # the streamed path (16: bf16's limit), dequantize + GEMM / tiles
+@pytest.mark.parametrize("batch", [8, 16, 256])   # the streamed path, then dequantize + GEMM / tiles
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fp8_kernel_decodes_every_code_exactly(rows, batch, dtype):
     """x = identity picks out each weight: zero, subnormals and +-448 must come back exact
