@@ -17,12 +17,13 @@
 
 namespace qfid_cpu {
 
-// How far ahead of the weights it is converting a few-rows loop (INT4, FP8) prefetches.
-// Those loops spend a dozen or more instructions per 128 weight bytes, and at that pace
-// the hardware prefetchers alone left their streams far below a plain read's 87 GB/s
-// (batch 1, the default model's 120 layers in decode order, same run: INT4 31-32 GB/s,
-// FP8 11-12 GB/s). Prefetching 8-32 KB ahead gave INT4 45-48 and FP8 37-43; 16 KB was as
-// good as any. On slow-memory hours (~25 GB/s for a plain read) it changed nothing. The
+// How far ahead of the weights it is converting an INT4 or FP8 loop prefetches. Those loops
+// spend a dozen or more instructions per 128 weight bytes, and at that pace the hardware
+// prefetchers alone left their streams far below a plain read's 87 GB/s (batch 1, the
+// default model's 120 layers in decode order, same run: INT4 31-32 GB/s, FP8 11-12 GB/s).
+// Prefetching 8-32 KB ahead gave INT4 45-48 and FP8 37-43; 16 KB was as good as any. The
+// loops that dequantize tiles for many rows stream the same way (INT4 at 8 rows: 8.4-8.8
+// -> 4.9-5.3 ms over those layers). On slow-memory hours (~25 GB/s for a plain read) it changed nothing. The
 // dense bf16 loop (4 loads per 4 `vdpbf16ps`) kept up without it and does not prefetch.
 // Past a thread's last row it warms lines another thread reads; prefetches never fault.
 constexpr int64_t kStreamPrefetchBytes = 16384;

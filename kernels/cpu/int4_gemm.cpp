@@ -138,7 +138,10 @@ void tile_buffered(const uint8_t* tile, const Int4Acts& a, int64_t M, __m512i* b
   const int64_t gb = group_bytes(a.G);
   for (int64_t g = 0; g < a.ngroups; ++g) {
     const uint8_t* gp = tile + g * gb;
-    for (int64_t c = 0; c < a.G / 4; ++c) unpack_chunk(gp + c * kChunkBytes, buf + 8 * c);
+    for (int64_t c = 0; c < a.G / 4; ++c) {
+      prefetch_ahead(gp + c * kChunkBytes);
+      unpack_chunk(gp + c * kChunkBytes, buf + 8 * c);
+    }
     for (int64_t m0 = 0; m0 < M; m0 += kMaxRowsDirect) {
       switch (std::min<int64_t>(kMaxRowsDirect, M - m0)) {
         case 1: rows_from_buffer<1, kLo>(buf, gp, a, m0, g, y, ldy); break;
@@ -181,6 +184,7 @@ void dequant_tile(const uint8_t* tile, const Int4Acts& a, uint16_t* out) {
       z[b][0] = _mm512_permutexvar_ps(pair_lo, z16), z[b][1] = _mm512_permutexvar_ps(pair_hi, z16);
     }
     for (int64_t c = 0; c < a.G / 4; ++c) {
+      prefetch_ahead(gp + c * kChunkBytes);   // the tile streams from DRAM
       __m512i w[8];
       unpack_chunk(gp + c * kChunkBytes, w);
       const int64_t pair = (g * a.G + 4 * c) / 2;
