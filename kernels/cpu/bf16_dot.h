@@ -23,9 +23,10 @@ namespace qfid_cpu {
 // default model's 120 layers in decode order, same run: INT4 31-32 GB/s, FP8 11-12 GB/s).
 // Prefetching 8-32 KB ahead gave INT4 45-48 and FP8 37-43; 16 KB was as good as any. The
 // loops that dequantize tiles for many rows stream the same way (INT4 at 8 rows: 8.4-8.8
-// -> 4.9-5.3 ms over those layers). On slow-memory hours (~25 GB/s for a plain read) it changed nothing. The
-// dense bf16 loop (4 loads per 4 `vdpbf16ps`) kept up without it and does not prefetch.
-// Past a thread's last row it warms lines another thread reads; prefetches never fault.
+// -> 4.9-5.3 ms over those layers). On slow-memory hours (~25 GB/s for a plain read) it
+// changed nothing. The dense bf16 loop (4 loads per 4 `vdpbf16ps`) kept up without it and
+// does not prefetch. Past a thread's last row it warms lines another thread reads;
+// prefetches never fault.
 constexpr int64_t kStreamPrefetchBytes = 16384;
 
 // Prefetch the two cache lines kStreamPrefetchBytes past p (call once per 128 bytes).
