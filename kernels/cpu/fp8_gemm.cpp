@@ -168,8 +168,44 @@ at::Tensor streamed(const at::Tensor& w, const at::Tensor& rows, const at::Tenso
   return y;
 }
 
+// One weight row times its scale, rounded once to bf16, by table. An E4M3 byte has 128
+// magnitudes, so the row's 128 products bf16(magnitude * scale) are computed once (the
+// same fp32 product and rounding dequant_row does per weight for other dtypes) and each
+// weight is a lookup plus its sign bit: 32 weights in 8 instructions, where converting,
+// widening, scaling and narrowing took 13. The row streams from DRAM, so it prefetches
+// ahead as the streamed path does. Both together took the default model's FP8 layers in
+// decode order from 17.6-18.0 to 9.5-10.8 ms at 17 rows and from 28.6-29.1 to 20.4-23.5 at
+// 64 (same run); the lookup alone gained 3-5%.
+void dequant_row_bf16(const uint8_t* row, int64_t K, float scale, uint16_t* out) {
+  static const std::array<float, 128> magnitudes = [] {
+    std::array<float, 128> m{};
+    for (int code = 0; code < 128; ++code) m[code] = e4m3_magnitude(code);
+    return m;
+  }();
+  const __m512 s = _mm512_set1_ps(scale);
+  __m512i table[4];   // entries 32q .. 32q + 31
+  for (int q = 0; q < 4; ++q) {
+    const __m512 lo = _mm512_mul_ps(_mm512_loadu_ps(magnitudes.data() + 32 * q), s);
+    const __m512 hi = _mm512_mul_ps(_mm512_loadu_ps(magnitudes.data() + 32 * q + 16), s);
+    table[q] = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+  }
+  const __m512i bit6 = _mm512_set1_epi16(0x40), sign = _mm512_set1_epi16(static_cast<short>(0x8000));
+  for (int64_t k = 0; k < K; k += 32) {
+    const int64_t left = K - k;
+    const __mmask32 mask = left >= 32 ? ~__mmask32(0) : (__mmask32(1) << left) - 1;
+    if (k % 128 == 0) prefetch_ahead(row + k);
+    const __m512i codes = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(mask, row + k));
+    const __m512i low = _mm512_permutex2var_epi16(table[0], codes, table[1]);    // magnitudes 0-63
+    const __m512i high = _mm512_permutex2var_epi16(table[2], codes, table[3]);   // 64-127
+    const __m512i w = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(codes, bit6), low, high);
+    const __m512i signed_w = _mm512_ternarylogic_epi32(w, _mm512_slli_epi16(codes, 8), sign, 0xF8);  // w | (sign bit)
+    _mm512_mask_storeu_epi16(out + k, mask, signed_w);
+  }
+}
+
 // One weight row times its scale, rounded once into `dtype` (what the reference computes).
 void dequant_row(const uint8_t* row, int64_t K, float scale, at::ScalarType dtype, void* out) {
+  if (dtype == at::kBFloat16) return dequant_row_bf16(row, K, scale, static_cast<uint16_t*>(out));
   const Tables& t = tables();
   const __m512 s = _mm512_set1_ps(scale);
   for (int64_t k = 0; k < K; k += kSlice) {
@@ -260,41 +296,6 @@ void pack_tile(const uint16_t* rows, int64_t K, uint32_t* tile) {
     for (int64_t r = 0; r < kTileRows; ++r) tile[p0 * kTileRows + r] = words[r * pairs + p0];
 }
 
-// One weight row times its scale, rounded once to bf16: dequant_row's result by table. An
-// E4M3 byte has 128 magnitudes, so the row's 128 products bf16(magnitude * scale) are
-// computed once (the same fp32 product and rounding dequant_row does per weight) and each
-// weight is a lookup plus its sign bit: 32 weights in 8 instructions, where converting,
-// widening, scaling and narrowing took 13. The row streams from DRAM, so it prefetches
-// ahead as the streamed path does. Both together took the default model's FP8 layers in
-// decode order from 17.6-18.0 to 9.5-10.8 ms at 17 rows and from 28.6-29.1 to 20.4-23.5 at
-// 64 (same run); the lookup alone gained 3-5%.
-void dequant_row_bf16(const uint8_t* row, int64_t K, float scale, uint16_t* out) {
-  static const std::array<float, 128> magnitudes = [] {
-    std::array<float, 128> m{};
-    for (int code = 0; code < 128; ++code) m[code] = e4m3_magnitude(code);
-    return m;
-  }();
-  const __m512 s = _mm512_set1_ps(scale);
-  __m512i table[4];   // entries 32q .. 32q + 31
-  for (int q = 0; q < 4; ++q) {
-    const __m512 lo = _mm512_mul_ps(_mm512_loadu_ps(magnitudes.data() + 32 * q), s);
-    const __m512 hi = _mm512_mul_ps(_mm512_loadu_ps(magnitudes.data() + 32 * q + 16), s);
-    table[q] = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-  }
-  const __m512i bit6 = _mm512_set1_epi16(0x40), sign = _mm512_set1_epi16(static_cast<short>(0x8000));
-  for (int64_t k = 0; k < K; k += 32) {
-    const int64_t left = K - k;
-    const __mmask32 mask = left >= 32 ? ~__mmask32(0) : (__mmask32(1) << left) - 1;
-    if (k % 128 == 0) prefetch_ahead(row + k);
-    const __m512i codes = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(mask, row + k));
-    const __m512i low = _mm512_permutex2var_epi16(table[0], codes, table[1]);    // magnitudes 0-63
-    const __m512i high = _mm512_permutex2var_epi16(table[2], codes, table[3]);   // 64-127
-    const __m512i w = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(codes, bit6), low, high);
-    const __m512i signed_w = _mm512_ternarylogic_epi32(w, _mm512_slli_epi16(codes, 8), sign, 0xF8);  // w | (sign bit)
-    _mm512_mask_storeu_epi16(out + k, mask, signed_w);
-  }
-}
-
 // Many bf16 batch rows: dequantize 64 weight rows at a time (times their scale, rounded
 // to bf16, as the reference does), pack them into the tile layout of the dense bf16 GEMM
 // (bf16_tile.h), then run every batch row over the L2-resident tile on its
@@ -317,7 +318,7 @@ at::Tensor dequant_tiles(const at::Tensor& w, const at::Tensor& rows, const at::
       for (int64_t r = 0; r < kTileRows; ++r) {
         const int64_t n = t * kTileRows + r;
         uint16_t* row = dense.get() + r * K;
-        if (n < N) dequant_row_bf16(wp + n * K, K, sp[n], row);
+        if (n < N) dequant_row(wp + n * K, K, sp[n], at::kBFloat16, row);
         else std::fill(row, row + K, uint16_t(0));
       }
       pack_tile(dense.get(), K, tile.get());
