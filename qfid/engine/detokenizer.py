@@ -39,8 +39,8 @@ class OutputText:
     several byte-level tokens comes out once it is whole, so the text lacks the trailing
     replacement character a full decode shows until then). Where that would not equal
     transformers' `decode` (a slow tokenizer, or one that cleans up tokenization spaces
-    after decoding), and whenever the ids are not the old ones plus new ones, the whole list
-    is decoded instead."""
+    after decoding), the whole list is decoded instead; a list shorter than last time, or
+    whose last token seen has changed, starts the stream again."""
 
     def __init__(self, detokenizer: Detokenizer):
         self.detokenizer = detokenizer
@@ -54,21 +54,19 @@ class OutputText:
         """The text of `token_ids` (the same list as last time, possibly grown)."""
         if self.backend is None:
             return self.detokenizer.text(token_ids)
-        if len(token_ids) < len(self.ids) or token_ids[:len(self.ids)] != self.ids:
+        if len(token_ids) < self.seen or (self.seen and token_ids[self.seen - 1] != self.last):
             self._restart()
-        new = token_ids[len(self.ids):]
-        for token in new:
-            piece = self.stream.step(self.backend, token)
-            if piece:
-                self.text += piece
-        self.ids.extend(new)
+        for token in token_ids[self.seen:]:   # one at a time: stepping a list returns one chunk only
+            self.text += self.stream.step(self.backend, token) or ""
+        if len(token_ids) > self.seen:
+            self.seen, self.last = len(token_ids), token_ids[-1]
         return self.text
 
     def _restart(self) -> None:
         from tokenizers.decoders import DecodeStream
 
         self.stream = DecodeStream(skip_special_tokens=True)
-        self.ids, self.text = [], ""
+        self.seen, self.last, self.text = 0, None, ""
 
 
 def stop_string_cut(text: str, stops: tuple[str, ...]) -> int | None:

@@ -51,6 +51,9 @@ def test_output_text_grows_by_several_tokens_and_restarts(detokenizer):
     other = ids[:10] + ids[20:40]
     _assert_matches(text.update(other), detokenizer.text(other))
     assert text.update(ids[:3]) == detokenizer.text(ids[:3])
+    text.update(ids[:20])
+    swapped = ids[:19] + [ids[25]]   # same length, another last token
+    assert text.update(swapped) == detokenizer.text(swapped)
 
 
 def test_output_text_decodes_whole_where_cleanup_would_differ():
@@ -63,3 +66,14 @@ def test_output_text_decodes_whole_where_cleanup_would_differ():
     text = detokenizer.output_text()
     assert text.backend is None
     assert [text.update(ids[:k]) for k in range(len(ids) + 1)] == [detokenizer.text(ids[:k]) for k in range(len(ids) + 1)]
+
+
+def test_output_text_decodes_only_the_new_tokens(detokenizer, monkeypatch):
+    """With a fast tokenizer a growing output never goes back through the whole-list decode
+    (that was O(n) per step, O(n^2) per request)."""
+    ids = detokenizer.tokenizer(MULTILINGUAL, add_special_tokens=False).input_ids
+    full = detokenizer.text(ids)
+    text = detokenizer.output_text()
+    monkeypatch.setattr(detokenizer, "text", lambda _ids: pytest.fail("decoded the whole list"))
+    grown = [text.update(ids[:k]) for k in range(len(ids) + 1)]
+    assert grown[-1] == full
