@@ -248,3 +248,14 @@ def int4_fake_quantize(w: torch.Tensor, group_size: int, clip: torch.Tensor | No
     if _cpu_kernels_run(w.device) and _module("cpu").fake_quantize_supported(w, group_size, out):
         return _module("cpu").int4_fake_quantize(w, group_size, clip, col_scale, out)
     return _module("reference").int4_fake_quantize(w, group_size, clip, col_scale, out)
+
+
+def fp8_round_activations(x: torch.Tensor, input_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Activations rounded through E4M3 (per token, or with the static scale): qfid's CPU op
+    where it runs, bit for bit `primitives.fp8_fake_quantize_activation` (NaN where it is
+    NaN), whose ten torch ops it replaces; that chain elsewhere."""
+    if x.dtype in (torch.float32, torch.bfloat16, torch.float16) and x.numel() and _cpu_kernels_run(x.device):
+        return torch.ops.qfid_cpu.fp8_round_activations(x, input_scale)
+    from qfid.layouts.primitives import fp8_fake_quantize_activation
+
+    return fp8_fake_quantize_activation(x, input_scale)

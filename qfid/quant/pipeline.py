@@ -420,14 +420,16 @@ def _install_quantized(block, outcome: BlockOutcome) -> None:
     """Put the quantized layers into the block as the torch reference kernel computes them,
     for the drift pass: INT4 weights dequantized from their stored form (fp16 scales) in
     place of the fp weights; FP8 weights likewise, with the activations rounded through
-    E4M3 on the way in (a pre-hook: per token, or the static scale), i.e.
+    E4M3 on the way in (a pre-hook: per token, or the static scale; qfid's CPU op where it
+    runs, bit for bit the torch chain and 0.8 s less of the default model's run), i.e.
     `kernels.reference.fp8_linear` with its weight dequantized once instead of per call;
     FP8 experts, which transformers 5 fuses, dequantized in place as qfid.load does. Dense
     fp32 matmuls keep the drift pass fast: no quantized kernel suits thousands of fp32
     rows (at 2,048 rows qfid's FP8 CPU GEMM took up to 1.35x as long as dequantize +
     F.linear: 68 vs 50 ms for the default model's down projection)."""
+    from qfid.kernels.dispatch import fp8_round_activations
     from qfid.layouts.packing import as_stored
-    from qfid.layouts.primitives import Int4Weight, fp8_fake_quantize_activation, int4_dequantize_into
+    from qfid.layouts.primitives import Int4Weight, int4_dequantize_into
     from qfid.models.linears import block_weight
 
     for rel, weight in outcome.quantized.items():
@@ -439,7 +441,7 @@ def _install_quantized(block, outcome: BlockOutcome) -> None:
         ref.set(stored.dequantize(torch.float32))
         if not isinstance(weight, Int4Weight) and ref.expert is None:
             def round_input(_module, args, scale=weight.input_scale):
-                return (fp8_fake_quantize_activation(args[0], scale), *args[1:])
+                return (fp8_round_activations(args[0], scale), *args[1:])
             ref.module.register_forward_pre_hook(round_input)
 
 

@@ -139,3 +139,16 @@ def test_fp8linear_on_gpu_backends_match_reference(monkeypatch, backend, quantiz
     expected = layer.cpu()(x)
     # W8A8 on the FP8 MMA keeps the rounded activations in fp32; the reference rounds them to fp16
     assert y.dtype == torch.float16 and rel_err(y, expected.double()) < TOL[torch.float16] * 2
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("static", [False, True])
+def test_fp8_activation_rounding_is_the_torch_chain_on_either_backend(monkeypatch, backend, static):
+    """The quantize drift pass rounds activations through this: qfid's op (when the CPU
+    backend runs) or the torch chain, the same bits either way."""
+    from qfid.layouts.primitives import fp8_fake_quantize_activation
+
+    monkeypatch.setenv("QFID_KERNEL", backend)
+    x = torch.randn(33, 96, generator=torch.Generator().manual_seed(3)) * 10
+    scale = torch.tensor([0.05]) if static else None
+    assert torch.equal(dispatch.fp8_round_activations(x, scale), fp8_fake_quantize_activation(x, scale))
