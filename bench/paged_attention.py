@@ -5,7 +5,8 @@ A decode step's attention reads each sequence's keys and values once, from block
 over the cache; between two layers' calls the weights stream through the caches, so the
 K/V are not cache-resident. Here each timed call reads one of several caches whose total
 is far larger than the last-level cache, round-robin, over random block tables. Per case
-(sequences x context, for the default model's heads and for Llama-3-8B's): microseconds
+(sequences x context, for the default model's heads and for Llama-3-8B's; "32-480": each
+sequence's length drawn from that range, as in a bursty decode step): microseconds
 per call, the K/V bytes it reads, that as GB/s, and its fraction of the read bandwidth
 measured here (bench/engine_profile.read_bandwidth).
 
@@ -40,7 +41,10 @@ def engine_cache(kv_heads: int, blocks: int, dim: int, generator: torch.Generato
     return cache.copy_(torch.randn(cache.shape, generator=generator))
 
 
-def time_case(heads: int, kv_heads: int, dim: int, seqs: int, context: int, seconds: float = 1.0) -> dict:
+def time_case(heads: int, kv_heads: int, dim: int, seqs: int, context: int, seconds: float = 1.0,
+              mixed: bool = False) -> dict:
+    """`mixed`: each sequence's length drawn from 32..context (seeded), as in a bursty decode
+    step, where the threads' shares of the keys can differ; else every one is `context` long."""
     from qfid.kernels import cpu
 
     per_seq = -(-context // BLOCK_SIZE)
@@ -51,7 +55,8 @@ def time_case(heads: int, kv_heads: int, dim: int, seqs: int, context: int, seco
     caches = [(engine_cache(kv_heads, blocks, dim, generator), engine_cache(kv_heads, blocks, dim, generator))
               for _ in range(copies)]
     tables = torch.randperm(blocks, generator=generator)[:seqs * per_seq].view(seqs, per_seq).int()
-    lens = torch.full((seqs,), context, dtype=torch.int32)
+    lens = (torch.randint(32, context + 1, (seqs,), generator=generator, dtype=torch.int32) if mixed
+            else torch.full((seqs,), context, dtype=torch.int32))
     q = torch.randn(seqs, heads, dim, generator=generator).bfloat16()
     for k, v in caches:
         cpu.paged_decode_attention(q, k, v, tables, lens, dim ** -0.5)
@@ -61,8 +66,9 @@ def time_case(heads: int, kv_heads: int, dim: int, seqs: int, context: int, seco
             cpu.paged_decode_attention(q, k, v, tables, lens, dim ** -0.5)
         calls += len(caches)
     per_call = (time.perf_counter() - start) / calls
-    kv_bytes = 2 * seqs * kv_heads * context * dim * 2
-    return {"seqs": seqs, "context": context, "us_per_call": per_call * 1e6, "kv_bytes": kv_bytes,
+    kv_bytes = 2 * int(lens.sum()) * kv_heads * dim * 2
+    label = f"32-{context}" if mixed else str(context)
+    return {"seqs": seqs, "context": label, "us_per_call": per_call * 1e6, "kv_bytes": kv_bytes,
             "gb_per_s": kv_bytes / per_call / 1e9}
 
 
@@ -80,11 +86,12 @@ def main() -> None:
     bandwidth = read_bandwidth()
     rows = []
     for model, (heads, kv_heads, dim) in SHAPES.items():
-        for seqs, context in ((1, 256), (1, 2048), (8, 512), (32, 256), (64, 512)):
-            row = {"model": model, **time_case(heads, kv_heads, dim, seqs, context)}
+        for seqs, context, mixed in ((1, 256, False), (1, 2048, False), (8, 512, False), (32, 256, False),
+                                     (64, 512, False), (35, 480, True)):
+            row = {"model": model, **time_case(heads, kv_heads, dim, seqs, context, mixed=mixed)}
             row["of_read_bandwidth"] = row["gb_per_s"] * 1e9 / bandwidth
             rows.append(row)
-            print(f"{model:>13} {seqs:>3} seqs x {context:>4}: {row['us_per_call']:8.1f} us  "
+            print(f"{model:>13} {seqs:>3} seqs x {row['context']:>6}: {row['us_per_call']:8.1f} us  "
                   f"{row['gb_per_s']:5.1f} GB/s  {row['of_read_bandwidth']:.0%} of read bandwidth", flush=True)
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s")
     if args.json_path:

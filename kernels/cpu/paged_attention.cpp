@@ -293,6 +293,31 @@ int64_t ranges_per_pair(const Shape& s, const int64_t* lens) {
   return std::max<int64_t>(1, std::min(wanted, shortest / kMinRangeKeys));
 }
 
+// Where each thread's share of the work items (pair, range) starts, shares of contiguous
+// items with about equal keys each (first.back() is the item count). at::parallel_for cut
+// the items into equal counts, and a step's sequences differ in length (a bursty decode
+// step: 32 to 480 keys), so one thread could hold most of the keys and the other wait.
+// Items are taken in the same order and computed the same way whichever thread runs them.
+// 35 sequences of 32-480 keys from DRAM (bench/paged_attention.py), fresh processes
+// alternating: Llama-3-8B's heads 1474-1923 -> 1341-1555 us; the default model's within noise.
+constexpr int64_t kItemKeys = 16;   // an item's fixed cost (softmax, output) in keys' worth
+
+std::vector<int64_t> split_by_keys(const Shape& s, const int64_t* lens, int64_t parts) {
+  const int64_t items = s.seqs * s.kv_heads * parts;
+  const int64_t shares = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
+  auto cost = [&](int64_t i) { return lens[i / parts / s.kv_heads] / parts + kItemKeys; };
+  int64_t total = 0;
+  for (int64_t i = 0; i < items; ++i) total += cost(i);
+  std::vector<int64_t> first(static_cast<size_t>(shares + 1), items);
+  first[0] = 0;
+  int64_t share = 1, done = 0;
+  for (int64_t i = 0; i < items && share < shares; ++i) {
+    done += cost(i);
+    while (share < shares && done * shares >= total * share) first[share++] = i + 1;
+  }
+  return first;
+}
+
 template <typename T, typename Index, int VECS>
 void run(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& tables,
          const at::Tensor& lens, const at::Tensor& out, const Shape& s, float scale) {
@@ -305,9 +330,10 @@ void run(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cac
   const int64_t pairs = s.seqs * s.kv_heads, group = s.heads / s.kv_heads;
   const int64_t parts = ranges_per_pair(s, lp), item_floats = group * (2 + s.dim);
   std::vector<float> partials(parts > 1 ? static_cast<size_t>(pairs * parts * item_floats) : 0);
-  at::parallel_for(0, pairs * parts, 1, [&](int64_t begin, int64_t end) {
+  const std::vector<int64_t> first = split_by_keys(s, lp, parts);
+  at::parallel_for(0, static_cast<int64_t>(first.size()) - 1, 1, [&](int64_t share0, int64_t share1) {
     std::vector<float> scores;
-    for (int64_t i = begin; i < end; ++i) {
+    for (int64_t i = first[share0]; i < first[share1]; ++i) {
       const int64_t pair = i / parts, part = i % parts;
       const int64_t seq = pair / s.kv_heads, kv_head = pair % s.kv_heads, len = lp[seq];
       const int64_t t0 = part * len / parts, t1 = (part + 1) * len / parts;

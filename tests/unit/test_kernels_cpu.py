@@ -275,6 +275,33 @@ def test_paged_decode_attention_splits_the_keys_of_few_pairs(heads, kv_heads, di
 
 
 @needs_kernels
+@pytest.mark.parametrize("lens", [[600] + [1] * 9, [1] * 9 + [600], [1, 600, 1, 600, 1], [300] * 7])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_paged_decode_attention_shares_items_by_keys(lens, threads):
+    """Threads take shares of about equal keys (one long sequence among short ones, at
+    either end or alternating, and equal lengths): every (sequence, KV head) item computed
+    once, and the output the same bits at any thread count (no pair is split here)."""
+    g = torch.Generator().manual_seed(len(lens) + lens[0])
+    blocks, block_size = 64, 16
+    width = -(-max(lens) // block_size)
+    tables = torch.stack([torch.randperm(blocks, generator=g)[:width] for _ in lens]).int()
+    q = torch.randn(len(lens), 6, 32, generator=g).bfloat16()
+    k_cache, v_cache = (torch.randn(3, blocks, block_size, 32, generator=g).bfloat16() for _ in range(2))
+    lens = torch.tensor(lens)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = cpu.paged_decode_attention(q, k_cache, v_cache, tables, lens, 32 ** -0.5)
+        torch.set_num_threads(threads)
+        out = cpu.paged_decode_attention(q, k_cache, v_cache, tables, lens, 32 ** -0.5)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out, single)
+    ref = cases.paged_attention_reference(q, k_cache, v_cache, tables, lens, 32 ** -0.5)
+    assert cases.rel_err(out, ref) < cases.TOL[torch.bfloat16]
+
+
+@needs_kernels
 def test_paged_decode_attention_with_peaked_scores():
     """Scores spanning hundreds of nats: the vectorised exp underflows to 0 where expf does."""
     g = torch.Generator().manual_seed(7)
