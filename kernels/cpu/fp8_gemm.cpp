@@ -277,29 +277,30 @@ inline void transpose16x16_epi32(__m512i* r) {
   }
 }
 
-// 64 dequantized weight rows (row-major bf16, K each) into the dense GEMM's packed tile:
-// per input pair p, the 64 rows' (k, k + 1) words side by side. 16 x 16 blocks of words
-// are transposed in registers; the word-by-word scatter this replaces (each store to
-// another cache line) made 16-row FP8 batches run at 0.28x bf16's speed.
-void pack_tile(const uint16_t* rows, int64_t K, uint32_t* tile) {
+// 16 dequantized weight rows (row-major bf16, K each) into rows b..b+15 of the dense
+// GEMM's packed tile: per input pair p, the rows' (k, k + 1) words side by side. 16 x 16
+// blocks of words are transposed in registers; the word-by-word scatter this replaces
+// (each store to another cache line) made 16-row FP8 batches run at 0.28x bf16's speed.
+void pack_rows16(const uint16_t* rows, int64_t K, uint32_t* tile, int64_t b) {
   const int64_t pairs = K / 2;
   const auto* words = reinterpret_cast<const uint32_t*>(rows);   // row r, pair p: words[r * pairs + p]
   int64_t p0 = 0;
-  for (; p0 + 16 <= pairs; p0 += 16)
-    for (int64_t b = 0; b < kTileRows; b += 16) {
-      __m512i r[16];
-      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(words + (b + i) * pairs + p0);
-      transpose16x16_epi32(r);
-      for (int j = 0; j < 16; ++j) _mm512_storeu_si512(tile + (p0 + j) * kTileRows + b, r[j]);
-    }
+  for (; p0 + 16 <= pairs; p0 += 16) {
+    __m512i r[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(words + i * pairs + p0);
+    transpose16x16_epi32(r);
+    for (int j = 0; j < 16; ++j) _mm512_storeu_si512(tile + (p0 + j) * kTileRows + b, r[j]);
+  }
   for (; p0 < pairs; ++p0)
-    for (int64_t r = 0; r < kTileRows; ++r) tile[p0 * kTileRows + r] = words[r * pairs + p0];
+    for (int64_t r = 0; r < 16; ++r) tile[p0 * kTileRows + b + r] = words[r * pairs + p0];
 }
 
-// Many bf16 batch rows: dequantize 64 weight rows at a time (times their scale, rounded
-// to bf16, as the reference does), pack them into the tile layout of the dense bf16 GEMM
-// (bf16_tile.h), then run every batch row over the L2-resident tile on its
-// register-blocked `vdpbf16ps` core. oneDNN's bf16 GEMM reorders its weight on every call
+// Many bf16 batch rows: dequantize a tile's 64 weight rows (times their scale, rounded to
+// bf16, as the reference does) 16 at a time into an L1-sized buffer, pack each 16 into the
+// tile layout of the dense bf16 GEMM (bf16_tile.h), then run every batch row over the
+// L2-resident tile on its register-blocked `vdpbf16ps` core. (All 64 rows at once made the
+// dense rows an L2 round trip: the model's FP8 layers at 16 rows took 8.6-9.2 ms against
+// 8.2-9.1 this way, fresh processes alternating, bit for bit the same tiles.) oneDNN's bf16 GEMM reorders its weight on every call
 // and ran these 576-wide layers at a third of that core's speed.
 at::Tensor dequant_tiles(const at::Tensor& w, const at::Tensor& rows, const at::Tensor& row_scale, const at::Tensor& bias) {
   const int64_t M = rows.size(0), N = w.size(0), K = w.size(1), tiles = (N + kTileRows - 1) / kTileRows;
@@ -311,17 +312,19 @@ at::Tensor dequant_tiles(const at::Tensor& w, const at::Tensor& rows, const at::
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-    std::unique_ptr<uint16_t[]> dense(new uint16_t[kTileRows * K]);
+    std::unique_ptr<uint16_t[]> dense(new uint16_t[16 * K]);   // 16 rows at a time: L1, not L2
     std::unique_ptr<uint32_t[]> tile(new uint32_t[kTileRows * K / 2]);
     std::unique_ptr<float[]> acc(new float[M * kTileRows]);
     for (int64_t t = t0; t < t1; ++t) {
-      for (int64_t r = 0; r < kTileRows; ++r) {
-        const int64_t n = t * kTileRows + r;
-        uint16_t* row = dense.get() + r * K;
-        if (n < N) dequant_row(wp + n * K, K, sp[n], at::kBFloat16, row);
-        else std::fill(row, row + K, uint16_t(0));
+      for (int64_t b = 0; b < kTileRows; b += 16) {
+        for (int64_t r = 0; r < 16; ++r) {
+          const int64_t n = t * kTileRows + b + r;
+          uint16_t* row = dense.get() + r * K;
+          if (n < N) dequant_row(wp + n * K, K, sp[n], at::kBFloat16, row);
+          else std::fill(row, row + K, uint16_t(0));
+        }
+        pack_rows16(dense.get(), K, tile.get(), b);
       }
-      pack_tile(dense.get(), K, tile.get());
       tile_times_rows(reinterpret_cast<const uint16_t*>(tile.get()), xp, K, K, M, acc.get(), kTileRows);
       store_tile_rows(acc.get(), 0, M, t * kTileRows, N, bp, at::kBFloat16, y.data_ptr());
     }
