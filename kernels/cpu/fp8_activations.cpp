@@ -37,7 +37,8 @@ constexpr bool kVectorised = !std::is_same_v<T, double>;
 
 // One value as the torch chain computes it: scalar E4M3 conversion (c10's, ~5 us for a
 // 576-wide row: at batch 1 it ran 120 times a step on one thread while the other waited,
-// 0.6 ms of a ~5 ms FP8 step). Kept for the row's tail and for 16 values with a NaN quotient.
+// 0.6 ms of a ~5 ms FP8 step). Kept for the row's tail, for 16 values with a NaN quotient
+// and for rows with an infinite scale.
 template <typename T>
 inline T round_one(T x, float scale) {
   const float v = std::min(std::max(static_cast<float>(x) / scale, -kE4m3Max), kE4m3Max);
@@ -90,10 +91,10 @@ float row_peak(const T* x, int64_t K) {
 template <typename T>
 void round_row(const T* x, T* y, int64_t K, std::optional<float> static_scale) {
   const float scale = static_scale ? *static_scale : std::max(row_peak(x, K) / kE4m3Max, kMinScale);
-  const __m512 vscale = _mm512_set1_ps(scale), lo = _mm512_set1_ps(-kE4m3Max), hi = _mm512_set1_ps(kE4m3Max);
   int64_t k = 0;
+  // An infinite scale (a row holding inf) makes 0 * inf: NaN, whose bits the scalar path sets.
   if constexpr (kVectorised<T>) {
-    // An infinite scale (a row holding inf) makes 0 * inf: NaN, whose bits the scalar path sets.
+    const __m512 vscale = _mm512_set1_ps(scale), lo = _mm512_set1_ps(-kE4m3Max), hi = _mm512_set1_ps(kE4m3Max);
     for (; std::isfinite(scale) && k + 16 <= K; k += 16) {
       const __m512 d = _mm512_div_ps(load16(x + k), vscale);
       if (_mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q)) {   // a NaN (or inf / inf): the scalar path's bits

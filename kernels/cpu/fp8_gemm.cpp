@@ -298,10 +298,11 @@ void pack_rows16(const uint16_t* rows, int64_t K, uint32_t* tile, int64_t b) {
 // Many bf16 batch rows: dequantize a tile's 64 weight rows (times their scale, rounded to
 // bf16, as the reference does) 16 at a time into an L1-sized buffer, pack each 16 into the
 // tile layout of the dense bf16 GEMM (bf16_tile.h), then run every batch row over the
-// L2-resident tile on its register-blocked `vdpbf16ps` core. (All 64 rows at once made the
-// dense rows an L2 round trip: the model's FP8 layers at 16 rows took 8.6-9.2 ms against
-// 8.2-9.1 this way, fresh processes alternating, bit for bit the same tiles.) oneDNN's bf16 GEMM reorders its weight on every call
-// and ran these 576-wide layers at a third of that core's speed.
+// L2-resident tile on its register-blocked `vdpbf16ps` core. oneDNN's bf16 GEMM reorders
+// its weight on every call and ran these 576-wide layers at a third of that core's speed.
+// (All 64 rows dequantized at once made the dense rows an L2 round trip: the model's FP8
+// layers at 16 rows took 8.6-9.2 ms against 8.2-9.1 this way, fresh processes alternating,
+// bit for bit the same tiles.)
 at::Tensor dequant_tiles(const at::Tensor& w, const at::Tensor& rows, const at::Tensor& row_scale, const at::Tensor& bias) {
   const int64_t M = rows.size(0), N = w.size(0), K = w.size(1), tiles = (N + kTileRows - 1) / kTileRows;
   TORCH_CHECK(K % 2 == 0, "fp8_gemm: bf16 tiles need an even number of inputs");

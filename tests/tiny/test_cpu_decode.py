@@ -166,7 +166,7 @@ def test_fp8_activation_rounding_covers_every_code_and_tie(dtype):
     else:
         x = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16).view(dtype)
         x = x[~torch.isnan(x.float())]
-    x = x[: x.numel() // 64 * 64 + 7]   # 7 past whole vectors: the scalar tail too
+    assert x.numel() % 16   # the one-row (static) cases end in a scalar tail too
     for scale in (None, torch.tensor([1.0]), torch.tensor([0.37]), torch.tensor(3e-3), torch.tensor(1e-6)):
         rows = x.view(1, -1) if scale is not None else x[: x.numel() // 7 * 7].view(7, -1)
         got = torch.ops.qfid_cpu.fp8_round_activations(rows, scale)
